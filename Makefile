@@ -1,0 +1,50 @@
+# Chargewatch — the two commands of the README are `make demo` and `make test`.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+export PIP_DISABLE_PIP_VERSION_CHECK = 1
+export PYTHONDONTWRITEBYTECODE = 1
+
+.PHONY: demo test install install-dev system-deps services services-down lint unit bench clean
+
+demo: install  ## analyze the shipped sample capture with the embedded default (no services, no root)
+	$(PYTHON) -m chargewatch.cli analyze samples/demo.pcap
+
+install:
+	$(PIP) install -q -e .
+
+install-dev:
+	$(PIP) install -q -e '.[dev]'
+
+system-deps:  ## tshark for the benchmark, libpcap for live capture (Debian, as root)
+	@if ! command -v tshark >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q tshark; \
+	  else echo "tshark missing: install Debian's tshark package (needs root)"; exit 1; fi; \
+	fi
+
+services:  ## start the real Kafka + Elasticsearch (safe to call twice)
+	$(PYTHON) -m chargewatch.devstack up
+
+services-down:
+	$(PYTHON) -m chargewatch.devstack down
+
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
+
+unit:
+	$(PYTHON) -m pytest -m "not services" -q
+
+bench:  ## full benchmark: analyze vs tshark on a 120k-packet capture
+	$(PYTHON) bench/bench_analyze.py
+
+# The whole suite: installs, starts the real services, runs everything, stops them.
+test: install-dev system-deps lint
+	@set -e; $(PYTHON) -m chargewatch.devstack up; \
+	status=0; $(PYTHON) -m pytest -q || status=$$?; \
+	$(PYTHON) bench/bench_analyze.py --smoke || status=$$?; \
+	$(PYTHON) -m chargewatch.devstack down || true; \
+	exit $$status
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,52 @@
+"""The ``chargewatch`` command: one module per subcommand, each with ``--help``.
+
+This is the entry point, and the only place environment variables are read
+(``CHARGEWATCH_CONFIG``: default path of the configuration file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from chargewatch.cli import analyze, collect, detect, index, pseudonym, setup
+from chargewatch.config import load_config
+from chargewatch.errors import ChargewatchError
+
+COMMANDS = (analyze, collect, detect, index, setup, pseudonym)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chargewatch", description="OCPP security monitoring pipeline.")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="TOML configuration file (default: $CHARGEWATCH_CONFIG, else built-in defaults)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    env_config = os.environ.get("CHARGEWATCH_CONFIG")
+    config_path = args.config or (Path(env_config) if env_config else None)
+    try:
+        config = load_config(config_path)
+        return int(args.run(args, config))
+    except ChargewatchError as exc:
+        print(f"chargewatch: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""``chargewatch analyze``: the embedded default, captures in, alerts out, no services needed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from chargewatch.alerts import SEVERITY_NAMES, iso_time
+from chargewatch.config import Config
+from chargewatch.embedded import AnalysisResult, analyze
+from chargewatch.store.sqlite import SqliteAlertStore
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("analyze", help="analyze captures in-process (no Kafka/Elasticsearch)",
+                       description="Decode pcap/pcapng captures, run every detector and report alerts. "
+                                   "Exit status 0 when every file was read, 1 when a file was unreadable.")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="pcap or pcapng file")
+    p.add_argument("--format", choices=("table", "jsonl"), default="table",
+                   help="table: summary and alert table; jsonl: one alert document per line")
+    p.add_argument("--out", type=Path, help="write alerts here instead of stdout")
+    p.add_argument("--store", type=Path, help="also keep alerts in this SQLite file (embedded store)")
+    p.add_argument("--deadletter", type=Path, help="write undecodable input records here (JSON lines)")
+    p.add_argument("--stats-json", type=Path, help="write counters and timing here as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    started = time.perf_counter()
+    result = _analyze_with_progress(args, config)
+    seconds = time.perf_counter() - started
+    out = args.out.open("w") if args.out else sys.stdout
+    try:
+        if args.format == "jsonl":
+            for alert in result.alerts:
+                out.write(json.dumps(alert.to_document(), sort_keys=True) + "\n")
+            _summary(result, seconds, sys.stderr)
+        else:
+            _summary(result, seconds, out)
+            _alert_table(result, out)
+    finally:
+        if args.out:
+            out.close()
+    _side_outputs(args, result, seconds)
+    return 1 if result.unreadable else 0
+
+
+def _analyze_with_progress(args: argparse.Namespace, config: Config) -> AnalysisResult:
+    if args.no_progress:
+        return analyze(args.paths, config)
+    from tqdm import tqdm
+
+    total = sum(p.stat().st_size for p in args.paths if p.is_file())
+    with tqdm(total=total, unit="B", unit_scale=True, desc="analyze", file=sys.stderr, disable=None) as bar:
+        return analyze(args.paths, config, progress=bar.update)
+
+
+def _side_outputs(args: argparse.Namespace, result: AnalysisResult, seconds: float) -> None:
+    if args.store:
+        store = SqliteAlertStore(args.store)
+        store.setup()
+        store.put_alerts(result.alerts)
+        store.close()
+    if args.deadletter:
+        with args.deadletter.open("w") as f:
+            for letter in result.dead_letters:
+                f.write(json.dumps(letter.to_dict()) + "\n")
+    if args.stats_json:
+        stats = result.stats.to_dict() | {"seconds": seconds, "alerts": len(result.alerts),
+                                           "unreadable": result.unreadable}
+        args.stats_json.write_text(json.dumps(stats, indent=1) + "\n")
+
+
+def _summary(result: AnalysisResult, seconds: float, out: TextIO) -> None:
+    s = result.stats
+    rate = s.messages / seconds if seconds > 0 else 0.0
+    out.write(f"packets {s.packets}  tcp connections {s.tcp_connections}  websocket connections "
+              f"{s.websocket_connections}  OCPP messages {s.messages}  alerts {len(result.alerts)}  "
+              f"({seconds:.2f}s, {rate:,.0f} messages/s)\n")
+    for title, counter in (("errors", s.errors), ("ignored", s.ignored), ("message flags", s.flags)):
+        if counter:
+            out.write(f"{title}: " + ", ".join(f"{k}={v}" for k, v in sorted(counter.items())) + "\n")
+    for problem in result.unreadable:
+        out.write(f"unreadable: {problem}\n")
+
+
+def _alert_table(result: AnalysisResult, out: TextIO) -> None:
+    if not result.alerts:
+        out.write("no alerts\n")
+        return
+    rows = [("time (UTC)", "severity", "rule", "charge point", "action", "message id", "reason")]
+    rows += [(iso_time(a.ts), SEVERITY_NAMES[a.severity], a.rule_id, a.charge_point_id, a.action or "",
+              a.message_id or "", a.reason) for a in result.alerts]
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    for row in rows:
+        out.write("  ".join(c.ljust(w) for c, w in zip(row[:6], widths, strict=True)) + "  " + row[6] + "\n")

@@ -1,0 +1,30 @@
+"""``chargewatch detect``: the detector stage as a Kafka consumer-group member."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from chargewatch.config import Config
+from chargewatch.embedded import build_runner
+from chargewatch.faults import FaultPoints
+from detectors.service import run_detector
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("detect", help="run detectors on the Kafka messages topic",
+                       description="Join the detector consumer group, run every detector on the messages "
+                                   "topic and produce alerts to the alerts topic. Start several for scale.")
+    p.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
+                   help="exit after this many seconds without new records (default: run forever)")
+    p.add_argument("--kill-at", default=None, metavar="POINT:N",
+                   help="crash testing: SIGKILL this process at the Nth pass of POINT "
+                        "(before_flush, after_flush, after_commit, alert_sent)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    stats, stage = run_detector(config, build_runner(), FaultPoints(args.kill_at), args.idle_exit)
+    print(f"detector: {stats.records} records in {stats.batches} batches, {stage.alerts} alerts, "
+          f"{stage.bad_records} bad records", file=sys.stderr)
+    return 0

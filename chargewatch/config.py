@@ -1,0 +1,148 @@
+"""Typed, frozen configuration; loaded from TOML, unknown keys rejected.
+
+Environment variables are read only by the CLI entry point (see ``chargewatch.cli``); every
+other module receives a :class:`Config` (or a section of it) explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+from chargewatch.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """Kafka connection and topic names."""
+
+    bootstrap_servers: str = "127.0.0.1:19092"
+    messages_topic: str = "ocpp.messages"
+    alerts_topic: str = "ocpp.alerts"
+    deadletter_topic: str = "ocpp.deadletter"
+    detector_group: str = "chargewatch-detectors"
+    indexer_group: str = "chargewatch-indexer"
+    partitions: int = 4
+    client_id: str = "chargewatch"
+
+
+@dataclass(frozen=True)
+class ElasticsearchConfig:
+    """Elasticsearch endpoint and index names."""
+
+    url: str = "http://127.0.0.1:19200"
+    alerts_index: str = "chargewatch-alerts"
+    request_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class RedactionConfig:
+    """Pseudonymisation of idTags and removal of secrets in the collector."""
+
+    enabled: bool = True
+    # Hex key; when empty, key_file is used (created with a random key on first use).
+    key: str = ""
+    key_file: str = "~/.local/state/chargewatch/pseudonym.key"
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """Limits applied while decoding captures."""
+
+    max_message_bytes: int = 1_048_576
+    # Ports are not required: any TCP stream that starts with a WebSocket upgrade is decoded.
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Detector runner settings."""
+
+    # Directory where a Kafka detector keeps its state snapshots next to committed offsets.
+    state_dir: str = ".chargewatch-state"
+    # Batch of consumed records processed before alerts are flushed and offsets committed.
+    batch_size: int = 500
+    # A CALL unanswered for this long no longer counts as outstanding (ocpp lib default 30 s).
+    call_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    elasticsearch: ElasticsearchConfig = field(default_factory=ElasticsearchConfig)
+    redaction: RedactionConfig = field(default_factory=RedactionConfig)
+    collector: CollectorConfig = field(default_factory=CollectorConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+
+
+T = TypeVar("T")
+
+
+def load_config(path: Path | None) -> Config:
+    """Config from a TOML file (None = defaults); errors name the file and the key."""
+    if path is None:
+        return Config()
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc}") from exc
+    return _build(Config, raw, f"{path}")
+
+
+def _build(cls: type[T], raw: dict[str, Any], where: str) -> T:
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: [{name}] must be a table")
+            values[name] = _build(hint, value, f"{where} [{name}]")  # type: ignore[arg-type]
+        else:
+            values[name] = _check_scalar(hint, value, f"{where}: {name}")
+    return cls(**values)
+
+
+def _check_scalar(hint: Any, value: Any, where: str) -> Any:
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (type(value) is not hint):
+        raise ConfigError(f"{where} must be {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def with_overrides(config: Config, **sections: dict[str, Any]) -> Config:
+    """A copy of config with some fields of some sections replaced (used by the CLI)."""
+    updated = config
+    for section, values in sections.items():
+        current = getattr(updated, section)
+        updated = replace(updated, **{section: replace(current, **values)})
+    return updated
+
+
+def resolve_redaction_key(cfg: RedactionConfig) -> bytes:
+    """The pseudonymisation key: the configured hex key, or the key file (created if absent)."""
+    if cfg.key:
+        try:
+            return bytes.fromhex(cfg.key)
+        except ValueError as exc:
+            raise ConfigError(f"[redaction] key must be hex: {exc}") from exc
+    path = Path(cfg.key_file).expanduser()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32) + "\n")
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable pseudonymisation key: {exc}") from exc

@@ -1,0 +1,67 @@
+"""The embedded default: collector → detectors in one process, no Kafka, no Elasticsearch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chargewatch.alerts import Alert
+from chargewatch.catalog import load_catalog
+from chargewatch.config import Config, resolve_redaction_key
+from chargewatch.errors import CaptureError
+from chargewatch.model import Record
+from chargewatch.redaction import Redactor
+from collectors.pcap import read_capture
+from collectors.stats import CollectorStats, DeadLetter
+from detectors.registry import default_detectors
+from detectors.rules import load_rules
+from detectors.runner import DetectorRunner
+
+
+@dataclass
+class AnalysisResult:
+    """What an in-process analysis found."""
+
+    stats: CollectorStats = field(default_factory=CollectorStats)
+    alerts: list[Alert] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+
+
+class _RunnerSink:
+    def __init__(self, runner: DetectorRunner, result: AnalysisResult,
+                 on_record: Callable[[Record], None] | None) -> None:
+        self.runner, self.result, self.on_record = runner, result, on_record
+
+    def record(self, record: Record) -> None:
+        if self.on_record is not None:
+            self.on_record(record)
+        self.result.alerts.extend(self.runner.process(record))
+
+    def dead_letter(self, letter: DeadLetter) -> None:
+        self.result.dead_letters.append(letter)
+
+
+def build_runner() -> DetectorRunner:
+    """A runner with every registered detector and the shipped rules."""
+    rules = load_rules()
+    return DetectorRunner(default_detectors(rules, load_catalog()), rules)
+
+
+def analyze(paths: Iterable[Path], config: Config, progress: Callable[[int], None] | None = None,
+            on_record: Callable[[Record], None] | None = None) -> AnalysisResult:
+    """Decode every capture and run the detectors over it, in file order."""
+    redactor = Redactor(resolve_redaction_key(config.redaction), enabled=config.redaction.enabled)
+    result = AnalysisResult()
+    sink = _RunnerSink(build_runner(), result, on_record)
+    for path in paths:
+        try:
+            stats = read_capture(path, sink, redactor, load_catalog(), config.collector.max_message_bytes,
+                                 progress)
+        except CaptureError as exc:
+            result.unreadable.append(str(exc))
+            result.stats.error("unreadable_file")
+            continue
+        result.stats.merge(stats)
+    return result

@@ -1,0 +1,163 @@
+"""The message model every stage shares: one record per OCPP-J message, one per connection event.
+
+Records travel through Kafka as JSON objects tagged with ``record`` ("message" or
+"connection"); :func:`record_from_dict` is the single decoder for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum, StrEnum
+from typing import Any
+
+from chargewatch.errors import DecodeError
+
+
+class Direction(StrEnum):
+    """Who sent a message: the charge point (WebSocket client) or the central system."""
+
+    CP_TO_CSMS = "cp->csms"
+    CSMS_TO_CP = "csms->cp"
+
+    @property
+    def sender(self) -> str:
+        return "cp" if self is Direction.CP_TO_CSMS else "csms"
+
+
+class MessageType(IntEnum):
+    """OCPP-J message type ids (5 and 6 exist only in OCPP 2.1)."""
+
+    CALL = 2
+    CALLRESULT = 3
+    CALLERROR = 4
+    CALLRESULTERROR = 5
+    SEND = 6
+
+
+SUBPROTOCOL_VERSIONS: dict[str, str] = {
+    "ocpp1.2": "1.2",
+    "ocpp1.5": "1.5",
+    "ocpp1.6": "1.6",
+    "ocpp2.0": "2.0",
+    "ocpp2.0.1": "2.0.1",
+    "ocpp2.1": "2.1",
+}
+
+
+def version_from_subprotocol(subprotocol: str | None) -> str | None:
+    """OCPP version for a negotiated WebSocket subprotocol, None when unknown or absent."""
+    if subprotocol is None:
+        return None
+    return SUBPROTOCOL_VERSIONS.get(subprotocol.strip().lower())
+
+
+def connection_id(client: tuple[str, int], server: tuple[str, int], start_ts: float) -> str:
+    """Stable id of one TCP/WebSocket connection: its 5-tuple and start time, hashed."""
+    raw = f"tcp|{client[0]}|{client[1]}|{server[0]}|{server[1]}|{start_ts:.6f}"
+    return "C" + hashlib.blake2b(raw.encode(), digest_size=9).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class OcppMessage:
+    """One OCPP-J message as seen on the wire (after redaction)."""
+
+    ts: float
+    charge_point_id: str
+    direction: Direction
+    src_ip: str
+    src_port: int
+    dst_ip: str
+    dst_port: int
+    ocpp_version: str | None
+    message_type: int
+    message_id: str
+    action: str | None
+    payload: Any
+    frame_size: int
+    connection_id: str
+    source: str = ""
+    # Facts about the frame a detector may need, e.g. "message_id_not_string".
+    flags: tuple[str, ...] = field(default=())
+
+    @property
+    def sender(self) -> str:
+        return self.direction.sender
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["direction"] = self.direction.value
+        data["flags"] = list(self.flags)
+        data["record"] = "message"
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OcppMessage:
+        values = {k: v for k, v in data.items() if k != "record"}
+        values["direction"] = Direction(values["direction"])
+        values["flags"] = tuple(values.get("flags", ()))
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionEvent:
+    """A connection opened/upgraded/closed; keyed by identity when known, else client address."""
+
+    ts: float
+    kind: str  # "upgrade", "closed"
+    connection_id: str
+    charge_point_id: str | None
+    client_ip: str
+    client_port: int
+    server_ip: str
+    server_port: int
+    path: str | None = None
+    subprotocols_offered: tuple[str, ...] = ()
+    subprotocol: str | None = None
+    ocpp_version: str | None = None
+    auth_scheme: str | None = None
+    auth_username: str | None = None
+    status: int | None = None
+    extensions: str | None = None
+    tls: dict[str, Any] | None = None
+    link: dict[str, Any] | None = None
+    source: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.charge_point_id or self.client_ip
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["subprotocols_offered"] = list(self.subprotocols_offered)
+        data["record"] = "connection"
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ConnectionEvent:
+        values = {k: v for k, v in data.items() if k != "record"}
+        values["subprotocols_offered"] = tuple(values.get("subprotocols_offered", ()))
+        return cls(**values)
+
+
+Record = OcppMessage | ConnectionEvent
+
+
+def record_key(record: Record) -> str:
+    """The partitioning key of a record: charge point identity, else the client address."""
+    if isinstance(record, OcppMessage):
+        return record.charge_point_id
+    return record.key
+
+
+def record_from_dict(data: dict[str, Any]) -> Record:
+    """Decode a record written by :meth:`OcppMessage.to_dict` or :meth:`ConnectionEvent.to_dict`."""
+    kind = data.get("record")
+    try:
+        if kind == "message":
+            return OcppMessage.from_dict(data)
+        if kind == "connection":
+            return ConnectionEvent.from_dict(data)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise DecodeError(f"malformed {kind} record: {exc}") from exc
+    raise DecodeError(f"unknown record kind {kind!r}")

@@ -1,0 +1,42 @@
+"""The pcap collector: a capture file in, redacted OCPP records and dead letters out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from chargewatch.catalog import Catalog
+from chargewatch.redaction import Redactor
+from collectors.pcapfile import CaptureReader
+from collectors.session import DecodeContext, Sink
+from collectors.stats import CollectorStats, DeadLetter
+from collectors.streams import PacketProcessor
+
+Progress = Callable[[int], None]
+
+
+def read_capture(path: Path, sink: Sink, redactor: Redactor, catalog: Catalog, max_message: int,
+                 progress: Progress | None = None) -> CollectorStats:
+    """Decode one pcap/pcapng file into sink; returns what was seen and every error counted.
+
+    progress, when given, is called with the number of file bytes consumed since the last call.
+    """
+    stats = CollectorStats()
+    ctx = DecodeContext(sink=sink, stats=stats, redactor=redactor, catalog=catalog, source=path.name,
+                        max_message=max_message)
+    processor = PacketProcessor(ctx)
+    reader = CaptureReader(path)
+    last_ts, done = 0.0, 0
+    for rec in reader:
+        processor.packet(rec.number, rec.ts, rec.linktype, rec.data)
+        last_ts = rec.ts
+        if progress is not None and reader.position - done >= 1 << 20:
+            progress(reader.position - done)
+            done = reader.position
+    processor.finish(last_ts)
+    if reader.problem is not None:
+        stats.error(reader.problem.kind)
+        sink.dead_letter(DeadLetter.of(last_ts, reader.problem.kind, reader.problem.detail, path.name))
+    if progress is not None:
+        progress(reader.size - done)
+    return stats

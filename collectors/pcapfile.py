@@ -1,0 +1,125 @@
+"""Reading raw records from pcap and pcapng files.
+
+Classic pcap is read here directly (a 24-byte header and 16-byte record headers) so that a
+truncated record is reported with its byte offset; pcapng goes through scapy's
+``RawPcapNgReader`` (raw bytes, no dissection). Neither path builds scapy packets.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from chargewatch.errors import CaptureError
+
+PCAP_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
+    b"\xa1\xb2\xc3\xd4": (">", 1e-6),
+    b"\x4d\x3c\xb2\xa1": ("<", 1e-9),
+    b"\xa1\xb2\x3c\x4d": (">", 1e-9),
+}
+PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
+MAX_RECORD = 1 << 20  # a record claiming more than 1 MiB is corrupt
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One captured frame: its 1-based number in the file, time, link type and bytes."""
+
+    number: int
+    ts: float
+    linktype: int
+    data: bytes
+
+
+@dataclass
+class ReadProblem:
+    """Why reading stopped early (None when the file was read to its end)."""
+
+    kind: str
+    detail: str
+
+
+class CaptureReader:
+    """Iterates the records of one capture file; ``problem`` says if the file ended badly."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problem: ReadProblem | None = None
+        self.size = os.path.getsize(path)
+        self.position = 0
+
+    def __iter__(self) -> Iterator[RawRecord]:
+        try:
+            handle = self.path.open("rb")
+        except OSError as exc:
+            raise CaptureError(f"{self.path}: cannot open: {exc}") from exc
+        with handle:
+            magic = handle.read(4)
+            if magic in PCAP_MAGICS:
+                yield from self._pcap(handle, magic)
+            elif magic == PCAPNG_MAGIC:
+                yield from self._pcapng()
+            else:
+                raise CaptureError(f"{self.path}: not a pcap or pcapng file (magic {magic.hex() or 'empty'})")
+
+    def _pcap(self, f: BinaryIO, magic: bytes) -> Iterator[RawRecord]:
+        endian, unit = PCAP_MAGICS[magic]
+        header = f.read(20)
+        if len(header) < 20:
+            detail = f"{self.path}: file header cut at byte {4 + len(header)}"
+            self.problem = ReadProblem("truncated_file_header", detail)
+            return
+        linktype = struct.unpack(endian + "HHiIII", header)[5] & 0x0FFFFFFF
+        rec = struct.Struct(endian + "IIII")
+        offset, number = 24, 0
+        while True:
+            head = f.read(16)
+            if not head:
+                break
+            if len(head) < 16:
+                self.problem = ReadProblem("truncated_record", f"{self.path}: record header cut at byte {offset}")
+                break
+            sec, frac, caplen, _wire = rec.unpack(head)
+            if caplen > MAX_RECORD:
+                detail = f"{self.path}: record at byte {offset} claims {caplen} bytes"
+                self.problem = ReadProblem("corrupt_record", detail)
+                break
+            data = f.read(caplen)
+            if len(data) < caplen:
+                detail = f"{self.path}: record {number + 1} at byte {offset} cut after {len(data)} of {caplen} bytes"
+                self.problem = ReadProblem("truncated_record", detail)
+                break
+            number += 1
+            offset += 16 + caplen
+            self.position = offset
+            yield RawRecord(number, sec + frac * unit, linktype, data)
+
+    def _pcapng(self) -> Iterator[RawRecord]:
+        from scapy.error import Scapy_Exception
+        from scapy.utils import RawPcapNgReader
+
+        try:
+            reader = RawPcapNgReader(str(self.path))
+        except (Scapy_Exception, EOFError) as exc:
+            self.problem = ReadProblem("corrupt_file_header", f"{self.path}: {exc}")
+            return
+        number = 0
+        with reader:
+            while True:
+                try:
+                    data, meta = reader._read_packet(size=MAX_RECORD)
+                except EOFError:
+                    break
+                number += 1
+                self.position = reader.f.tell()
+                ts = (meta.tshigh << 32 | meta.tslow) / meta.tsresol
+                yield RawRecord(number, ts, meta.linktype, data)
+            self.position = reader.f.tell()
+        if self.position < self.size:
+            detail = f"{self.path}: pcapng block after packet {number} unreadable at byte {self.position}"
+            self.problem = ReadProblem("truncated_record", f"{detail} of {self.size}")

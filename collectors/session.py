@@ -1,0 +1,243 @@
+"""One TCP connection seen as HTTP upgrade → WebSocket → OCPP-J messages.
+
+The decoder turns the two reassembled byte streams of a connection into redacted
+:class:`~chargewatch.model.OcppMessage` records and :class:`~chargewatch.model.ConnectionEvent`
+records, and hands every problem to the sink as a counted dead letter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from chargewatch.catalog import Catalog
+from chargewatch.errors import DecodeError
+from chargewatch.model import (
+    ConnectionEvent,
+    Direction,
+    MessageType,
+    OcppMessage,
+    Record,
+    connection_id,
+    version_from_subprotocol,
+)
+from chargewatch.redaction import Redactor
+from collectors.http import (
+    MAX_HEAD,
+    UpgradeRequest,
+    UpgradeResponse,
+    identity_from_path,
+    negotiated_deflate,
+    parse_request,
+    parse_response,
+    split_head,
+)
+from collectors.ocppj import FrameError, decode_frame
+from collectors.stats import CollectorStats, DeadLetter
+from collectors.websocket import OP_BINARY, DeflateParams, FrameDecoder, WsMessage, WsProblem
+
+TLS_HANDSHAKE = 0x16
+
+
+class Sink(Protocol):
+    """Where a collector puts what it decoded."""
+
+    def record(self, record: Record) -> None: ...
+
+    def dead_letter(self, letter: DeadLetter) -> None: ...
+
+
+@dataclass
+class DecodeContext:
+    """Everything a connection decoder needs from its collector."""
+
+    sink: Sink
+    stats: CollectorStats
+    redactor: Redactor
+    catalog: Catalog
+    source: str
+    max_message: int
+
+
+@dataclass
+class _Side:
+    head: bytearray = field(default_factory=bytearray)
+    early: bytearray = field(default_factory=bytearray)
+    frames: FrameDecoder | None = None
+
+
+class ConnectionDecoder:
+    """Decodes both directions of one TCP connection."""
+
+    def __init__(self, ctx: DecodeContext, client: tuple[str, int], server: tuple[str, int], start_ts: float) -> None:
+        self.ctx = ctx
+        self.client, self.server = client, server
+        self.id = connection_id(client, server, start_ts)
+        self.request: UpgradeRequest | None = None
+        self.response: UpgradeResponse | None = None
+        self.cp_id: str | None = None
+        self.version: str | None = None
+        self.state = "http"  # http -> websocket | ignored
+        self._sides = {True: _Side(), False: _Side()}
+        self._pending: dict[tuple[bool, str], str] = {}
+        self.last_ref = ""
+
+    def feed(self, from_client: bool, data: bytes, ts: float, ref: str, gap: bool) -> None:
+        """Bytes of one direction, in order; gap=True when bytes before them were lost."""
+        self.last_ref = ref
+        if self.state == "ignored":
+            return
+        if gap:
+            self._lost(from_client, ts)
+            return
+        side = self._sides[from_client]
+        if self.state == "http" or side.frames is None:
+            self._http(from_client, side, data, ts)
+        else:
+            self._websocket(from_client, side, data, ts)
+
+    def _http(self, from_client: bool, side: _Side, data: bytes, ts: float) -> None:
+        if from_client and self.request is not None:
+            side.early += data  # WebSocket bytes queued until the response tells how to decode
+            return
+        if not side.head and not from_client and self.request is None:
+            side.head += data  # server spoke first; keep until we know what this is
+            return
+        side.head += data
+        parts = split_head(bytes(side.head))
+        if parts is None:
+            if len(side.head) > MAX_HEAD or (from_client and not side.head.startswith(b"GET ")):
+                self._ignore(side.head, ts)
+            return
+        head, rest = parts
+        side.head.clear()
+        if from_client:
+            self._on_request(head, rest, ts)
+        else:
+            self._on_response(head, rest, ts)
+
+    def _on_request(self, head: bytes, rest: bytes, ts: float) -> None:
+        try:
+            self.request = parse_request(head)
+        except DecodeError:
+            self._ignore(bytearray(head), ts)
+            return
+        self.cp_id = identity_from_path(self.request.path)
+        self._sides[True].early += rest
+        server_head = self._sides[False].head
+        if server_head:
+            pending = bytes(server_head)
+            server_head.clear()
+            self._http(False, self._sides[False], pending, ts)
+
+    def _on_response(self, head: bytes, rest: bytes, ts: float) -> None:
+        try:
+            self.response = parse_response(head)
+        except DecodeError as exc:
+            self._dead(ts, "bad_http_response", str(exc), head)
+            self.state = "ignored"
+            return
+        req = self.request
+        self.version = version_from_subprotocol(self.response.subprotocol)
+        self._event("upgrade", ts)
+        if self.response.status != 101 or req is None or not req.is_websocket:
+            self.state = "ignored"
+            return
+        self.ctx.stats.websocket_connections += 1
+        self.state = "websocket"
+        deflate = negotiated_deflate(self.response.extensions)
+        for from_client, no_takeover in ((True, deflate and deflate.client_no_context_takeover),
+                                         (False, deflate and deflate.server_no_context_takeover)):
+            params = DeflateParams(bool(no_takeover)) if deflate else None
+            self._sides[from_client].frames = FrameDecoder(params, self.ctx.max_message)
+        early = bytes(self._sides[True].early)
+        self._sides[True].early.clear()
+        if early:
+            self._websocket(True, self._sides[True], early, ts)
+        if rest:
+            self._websocket(False, self._sides[False], rest, ts)
+
+    def _websocket(self, from_client: bool, side: _Side, data: bytes, ts: float) -> None:
+        assert side.frames is not None
+        for item in side.frames.feed(data):
+            if isinstance(item, WsProblem):
+                self._dead(ts, item.kind, item.detail, item.raw)
+            else:
+                self._message(from_client, item, ts)
+
+    def _message(self, from_client: bool, ws: WsMessage, ts: float) -> None:
+        try:
+            frame = decode_frame(ws.data, self.version)
+        except FrameError as exc:
+            self._dead(ts, exc.kind, str(exc), ws.data)
+            return
+        flags = list(frame.flags)
+        if ws.opcode == OP_BINARY:
+            flags.append("binary_frame")
+        if ws.masked != from_client:
+            flags.append("unmasked_client_frame" if from_client else "masked_server_frame")
+        action = self._action(from_client, frame.message_type, frame.message_id, frame.action, flags)
+        direction = Direction.CP_TO_CSMS if from_client else Direction.CSMS_TO_CP
+        src, dst = (self.client, self.server) if from_client else (self.server, self.client)
+        payload = self.ctx.redactor.payload(action, frame.payload)
+        self.ctx.stats.flags.update(flags)
+        self.ctx.stats.messages += 1
+        self.ctx.sink.record(OcppMessage(
+            ts=ts, charge_point_id=self.cp_id or "", direction=direction, src_ip=src[0], src_port=src[1],
+            dst_ip=dst[0], dst_port=dst[1], ocpp_version=self.version, message_type=frame.message_type,
+            message_id=frame.message_id, action=action, payload=payload, frame_size=ws.wire_size,
+            connection_id=self.id, source=self.last_ref, flags=tuple(flags)))
+
+    def _action(self, from_client: bool, mtype: int, mid: str, action: str | None, flags: list[str]) -> str | None:
+        if mtype == MessageType.CALL:
+            assert action is not None
+            self._pending[(from_client, mid)] = action
+            if self.ctx.catalog.get(self.version, action) is None and self.version in self.ctx.catalog.actions:
+                flags.append("unknown_action")
+            return action
+        if mtype == MessageType.SEND:
+            return action
+        if mtype in (MessageType.CALLRESULT, MessageType.CALLERROR):
+            answered = self._pending.pop((not from_client, mid), None)
+            if answered is None:
+                flags.append("unmatched_response")
+            return answered
+        return None  # CALLRESULTERROR answers a CALLRESULT, which carries no action
+
+    def _lost(self, from_client: bool, ts: float) -> None:
+        self._dead(ts, "tcp_gap", "bytes missing from the capture; rest of this direction not decoded", b"")
+        side = self._sides[from_client]
+        if side.frames is not None:
+            side.frames.desynced = True
+        else:
+            self.state = "ignored"
+
+    def _ignore(self, head: bytearray | bytes, ts: float) -> None:
+        kind = "tls_stream" if head[:1] == bytes([TLS_HANDSHAKE]) else "non_websocket_stream"
+        self.ctx.stats.ignored[kind] += 1
+        self.state = "ignored"
+
+    def close(self, ts: float, observed: bool) -> None:
+        """End of the connection (observed=True for FIN/RST, False at end of capture)."""
+        if self.state == "websocket":
+            for side in self._sides.values():
+                if side.frames is not None and side.frames._partial is not None:
+                    self._dead(ts, "truncated_message", "connection ended inside a WebSocket message", b"")
+        if observed and self.request is not None:
+            self._event("closed", ts)
+
+    def _event(self, kind: str, ts: float) -> None:
+        req, resp = self.request, self.response
+        self.ctx.stats.connection_events += 1
+        self.ctx.sink.record(ConnectionEvent(
+            ts=ts, kind=kind, connection_id=self.id, charge_point_id=self.cp_id, client_ip=self.client[0],
+            client_port=self.client[1], server_ip=self.server[0], server_port=self.server[1],
+            path=req.path if req else None, subprotocols_offered=req.subprotocols if req else (),
+            subprotocol=resp.subprotocol if resp else None, ocpp_version=self.version,
+            auth_scheme=req.auth_scheme if req else None, auth_username=req.auth_username if req else None,
+            status=resp.status if resp else None, extensions=resp.extensions if resp else None,
+            source=self.last_ref))
+
+    def _dead(self, ts: float, kind: str, detail: str, raw: bytes) -> None:
+        self.ctx.stats.error(kind)
+        self.ctx.sink.dead_letter(DeadLetter.of(ts, kind, detail, self.last_ref, raw, self.id, self.cp_id))

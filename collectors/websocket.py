@@ -1,0 +1,225 @@
+"""WebSocket frame decoding (RFC 6455) with permessage-deflate (RFC 7692).
+
+One :class:`FrameDecoder` per direction of a connection. It accepts bytes in any chunking,
+handles masking, 7/16/64-bit lengths, fragmentation with interleaved control frames, and
+decompresses messages whose first frame has RSV1 set, with or without context takeover.
+A framing error desynchronises the direction (reported once, the rest counted as undecoded);
+a bad message (inflate failure, oversized) is reported and skipped.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+_apply_mask: Callable[[bytes, bytes], bytes] | None
+try:  # the C helper of the websockets library; pure Python fallback below
+    from websockets.speedups import apply_mask as _apply_mask
+except ImportError:  # pragma: no cover - websockets is a dependency, speedups may be absent
+    _apply_mask = None
+
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
+DEFLATE_TAIL = b"\x00\x00\xff\xff"
+
+
+def unmask(data: bytes, mask: bytes) -> bytes:
+    """XOR data with the 4-byte masking key."""
+    if _apply_mask is not None:
+        return bytes(_apply_mask(data, mask))
+    n = len(data)
+    key = (mask * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+@dataclass(frozen=True, slots=True)
+class WsMessage:
+    """A complete data message (text or binary), decompressed."""
+
+    opcode: int
+    data: bytes
+    wire_size: int
+    compressed: bool
+    masked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WsProblem:
+    """A decoding problem; fatal ones stop decoding this direction."""
+
+    kind: str
+    detail: str
+    fatal: bool
+    raw: bytes = b""
+
+
+@dataclass(frozen=True)
+class DeflateParams:
+    """Negotiated permessage-deflate parameters for one sending side."""
+
+    no_context_takeover: bool = False
+
+
+@dataclass
+class _Partial:
+    opcode: int
+    compressed: bool
+    masked: bool
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0
+    wire: int = 0
+    oversized: bool = False
+
+
+class FrameDecoder:
+    """Incremental decoder of one direction's WebSocket byte stream."""
+
+    def __init__(self, deflate: DeflateParams | None, max_message: int) -> None:
+        self.deflate = deflate
+        self.max_message = max_message
+        self._inflater = zlib.decompressobj(-15) if deflate else None
+        self._buf = bytearray()
+        self._skip = 0
+        self._partial: _Partial | None = None
+        self.desynced = False
+        self.undecoded_bytes = 0
+        self.close_code: int | None = None
+
+    def feed(self, data: bytes) -> list[WsMessage | WsProblem]:
+        """Decode what data completes; returns messages and problems in stream order."""
+        if self.desynced:
+            self.undecoded_bytes += len(data)
+            return []
+        self._buf += data
+        out: list[WsMessage | WsProblem] = []
+        while not self.desynced and self._step(out):
+            pass
+        return out
+
+    def _step(self, out: list[WsMessage | WsProblem]) -> bool:
+        buf = self._buf
+        if self._skip:
+            n = min(self._skip, len(buf))
+            del buf[:n]
+            self._skip -= n
+            return bool(buf) and not self._skip
+        if len(buf) < 2:
+            return False
+        b0, b1 = buf[0], buf[1]
+        length, pos = b1 & 0x7F, 2
+        if length == 126:
+            if len(buf) < 4:
+                return False
+            length, pos = int.from_bytes(buf[2:4], "big"), 4
+        elif length == 127:
+            if len(buf) < 10:
+                return False
+            length, pos = int.from_bytes(buf[2:10], "big"), 10
+            if length >> 63:
+                return self._desync(out, "ws_bad_length", "64-bit length with the top bit set")
+        masked = bool(b1 & 0x80)
+        mask = b""
+        if masked:
+            if len(buf) < pos + 4:
+                return False
+            mask, pos = bytes(buf[pos:pos + 4]), pos + 4
+        problem = self._check_header(b0, length)
+        if problem:
+            return self._desync(out, problem[0], problem[1])
+        if length > self.max_message and (b0 & 0x0F) < 8:
+            del buf[:pos]
+            self._skip = length
+            self._oversized(b0, length, pos, out)
+            return True
+        if len(buf) < pos + length:
+            return False
+        payload = bytes(buf[pos:pos + length])
+        del buf[:pos + length]
+        if masked:
+            payload = unmask(payload, mask)
+        self._frame(b0, payload, pos + length, masked, out)
+        return True
+
+    def _check_header(self, b0: int, length: int) -> tuple[str, str] | None:
+        opcode, fin, rsv = b0 & 0x0F, b0 & 0x80, b0 & 0x70
+        if opcode in (3, 4, 5, 6, 7) or opcode > 10:
+            return "ws_bad_opcode", f"reserved opcode {opcode}"
+        if rsv & 0x30 or (rsv & 0x40 and (self.deflate is None or opcode in (OP_CONT,) or opcode >= 8)):
+            return "ws_bad_rsv", f"unexpected RSV bits {rsv >> 4:03b} on opcode {opcode}"
+        if opcode >= 8 and (not fin or length > 125):
+            return "ws_bad_control_frame", f"control frame opcode {opcode} fin={bool(fin)} len={length}"
+        if opcode == OP_CONT and self._partial is None:
+            return "ws_orphan_continuation", "continuation frame without a started message"
+        if opcode in (OP_TEXT, OP_BINARY) and self._partial is not None:
+            return "ws_unfinished_message", "new data message before the previous one finished"
+        return None
+
+    def _frame(self, b0: int, payload: bytes, wire: int, masked: bool, out: list[WsMessage | WsProblem]) -> None:
+        opcode, fin = b0 & 0x0F, bool(b0 & 0x80)
+        if opcode >= 8:
+            if opcode == OP_CLOSE and len(payload) >= 2:
+                self.close_code = int.from_bytes(payload[:2], "big")
+            return
+        partial = self._partial
+        if partial is None:
+            partial = self._partial = _Partial(opcode, bool(b0 & 0x40), masked)
+        partial.chunks.append(payload)
+        partial.size += len(payload)
+        partial.wire += wire
+        if partial.size > self.max_message:
+            partial.oversized = True
+            partial.chunks.clear()
+        if fin:
+            self._partial = None
+            out.append(self._finish(partial))
+
+    def _oversized(self, b0: int, length: int, header: int, out: list[WsMessage | WsProblem]) -> None:
+        """A single frame larger than the limit: its payload is skipped, the message reported."""
+        opcode = b0 & 0x0F
+        if self._partial is None and opcode != OP_CONT:
+            self._partial = _Partial(opcode, bool(b0 & 0x40), True)
+        assert self._partial is not None
+        self._partial.oversized = True
+        self._partial.wire += header + length
+        if b0 & 0x80:
+            partial, self._partial = self._partial, None
+            out.append(self._finish(partial))
+
+    def _finish(self, partial: _Partial) -> WsMessage | WsProblem:
+        if partial.oversized:
+            if partial.compressed and self._inflater is not None and not self._no_takeover():
+                # The shared compression context now lacks this message: later ones cannot be decoded.
+                self.desynced = True
+            detail = f"message of {partial.wire} wire bytes exceeds {self.max_message}"
+            return WsProblem("oversized_message", detail, False)
+        data = b"".join(partial.chunks)
+        if partial.compressed:
+            inflated = self._inflate(data)
+            if isinstance(inflated, WsProblem):
+                return inflated
+            data = inflated
+        return WsMessage(partial.opcode, data, partial.wire, partial.compressed, partial.masked)
+
+    def _no_takeover(self) -> bool:
+        return self.deflate is not None and self.deflate.no_context_takeover
+
+    def _inflate(self, data: bytes) -> bytes | WsProblem:
+        if self._no_takeover() or self._inflater is None:
+            self._inflater = zlib.decompressobj(-15)
+        try:
+            result = self._inflater.decompress(data + DEFLATE_TAIL, self.max_message + 1)
+        except zlib.error as exc:
+            self._inflater = zlib.decompressobj(-15)
+            return WsProblem("ws_inflate_error", f"permessage-deflate: {exc}", False, data)
+        if len(result) > self.max_message or self._inflater.unconsumed_tail:
+            self._inflater = zlib.decompressobj(-15)
+            return WsProblem("oversized_message", f"message inflates beyond {self.max_message} bytes", False)
+        return result
+
+    def _desync(self, out: list[WsMessage | WsProblem], kind: str, detail: str) -> bool:
+        self.desynced = True
+        raw = bytes(self._buf[:64])
+        self.undecoded_bytes += len(self._buf)
+        self._buf.clear()
+        out.append(WsProblem(kind, detail + "; rest of this direction not decoded", True, raw))
+        return False

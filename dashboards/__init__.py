@@ -1,0 +1,1 @@
+"""Elasticsearch layout (index templates), the alert indexer, and the SOC dashboards."""

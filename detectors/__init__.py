@@ -1,0 +1,1 @@
+"""Detectors: stateful, per-charge-point OCPP checks driven by rule data files."""

@@ -1,0 +1,113 @@
+"""Rule metadata: one YAML data file per rule under ``detectors/rules/``, loaded into frozen
+typed objects and validated at load time with errors that name the file and the field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from chargewatch.alerts import CATEGORIES
+from chargewatch.errors import ConfigError
+
+SEVERITIES = {"low": 1, "medium": 2, "high": 3, "critical": 4}
+# Risk-score band of each severity (Elastic's convention: 21 / 47 / 73 / 99 as centres).
+RISK_BANDS = {1: (1, 39), 2: (40, 69), 3: (70, 89), 4: (90, 100)}
+OCPP_VERSIONS = ("1.6", "2.0.1", "2.1")
+REQUIRED = ("id", "name", "category", "severity", "risk_score", "techniques", "description",
+            "false_positives", "triage", "versions", "enabled", "parameters")
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A tunable parameter of a rule."""
+
+    name: str
+    default: Any
+    description: str
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The metadata of one detection rule."""
+
+    id: str
+    name: str
+    category: str
+    severity: int
+    risk_score: int
+    techniques: tuple[str, ...]
+    description: str
+    false_positives: tuple[str, ...]
+    triage: str
+    versions: tuple[str, ...]
+    enabled: bool
+    parameters: tuple[Parameter, ...]
+    path: str
+
+    def param(self, name: str) -> Any:
+        """Default value of a parameter (operator overrides come with the policy config)."""
+        for p in self.parameters:
+            if p.name == name:
+                return p.default
+        raise ConfigError(f"{self.path}: rule {self.id} has no parameter {name!r}")
+
+
+def load_rule(path: Path, text: str) -> Rule:
+    """Parse and validate one rule file."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a rule file must be a mapping")
+    missing = [k for k in REQUIRED if k not in data]
+    unknown = sorted(set(data) - set(REQUIRED))
+    if missing or unknown:
+        raise ConfigError(f"{path}: missing field(s) {missing}, unknown field(s) {unknown}")
+    severity = SEVERITIES.get(str(data["severity"]))
+    if severity is None:
+        raise ConfigError(f"{path}: field severity must be one of {list(SEVERITIES)}")
+    if data["category"] not in CATEGORIES:
+        raise ConfigError(f"{path}: field category must be one of {list(CATEGORIES)}")
+    if not isinstance(data["risk_score"], int) or not 0 <= data["risk_score"] <= 100:
+        raise ConfigError(f"{path}: field risk_score must be an integer 0-100")
+    bad_versions = [v for v in data["versions"] if v not in OCPP_VERSIONS]
+    if bad_versions:
+        raise ConfigError(f"{path}: field versions has unknown OCPP version(s) {bad_versions}")
+    return Rule(
+        id=str(data["id"]), name=str(data["name"]), category=data["category"], severity=severity,
+        risk_score=data["risk_score"], techniques=tuple(data["techniques"]),
+        description=str(data["description"]).strip(), false_positives=tuple(data["false_positives"]),
+        triage=str(data["triage"]).strip(), versions=tuple(data["versions"]), enabled=bool(data["enabled"]),
+        parameters=_parameters(path, data["parameters"]), path=str(path),
+    )
+
+
+def _parameters(path: Path, raw: Any) -> tuple[Parameter, ...]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: field parameters must be a mapping of name -> {{default, description}}")
+    out = []
+    for name, spec in raw.items():
+        if not isinstance(spec, dict) or set(spec) != {"default", "description"}:
+            raise ConfigError(f"{path}: parameter {name!r} needs exactly 'default' and 'description'")
+        out.append(Parameter(str(name), spec["default"], str(spec["description"])))
+    return tuple(out)
+
+
+@cache
+def load_rules() -> dict[str, Rule]:
+    """Every shipped rule, by id (loaded once, on first use)."""
+    folder = resources.files("detectors").joinpath("rules")
+    rules: dict[str, Rule] = {}
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith((".yaml", ".yml")):
+            rule = load_rule(Path(str(entry)), entry.read_text())
+            if rule.id in rules:
+                raise ConfigError(f"{entry}: duplicate rule id {rule.id} (also in {rules[rule.id].path})")
+            rules[rule.id] = rule
+    return rules

@@ -1,0 +1,1 @@
+"""Anomaly models for transaction patterns and their registry (artifacts live here as data)."""
