@@ -27,7 +27,10 @@ class KafkaConfig:
     detector_group: str = "chargewatch-detectors"
     indexer_group: str = "chargewatch-indexer"
     partitions: int = 4
+    replication_factor: int = 1
     client_id: str = "chargewatch"
+    # A dead consumer's partitions move to the others after this long (broker minimum: 6000).
+    session_timeout_ms: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -146,3 +149,24 @@ def resolve_redaction_key(cfg: RedactionConfig) -> bytes:
         return bytes.fromhex(path.read_text().strip())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: unreadable pseudonymisation key: {exc}") from exc
+
+
+def to_toml(config: Config) -> str:
+    """The configuration as TOML that :func:`load_config` reads back unchanged."""
+    lines: list[str] = []
+    for section in fields(config):
+        lines.append(f"[{section.name}]")
+        values = getattr(config, section.name)
+        for f in fields(values):
+            lines.append(f"{f.name} = {_toml_value(getattr(values, f.name))}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

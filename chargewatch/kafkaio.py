@@ -33,7 +33,7 @@ def decode(raw: bytes) -> dict[str, Any]:
     return value
 
 
-def ensure_topics(cfg: KafkaConfig, topics: Iterable[str], replication: int = 1) -> None:
+def ensure_topics(cfg: KafkaConfig, topics: Iterable[str]) -> None:
     """Create missing topics with cfg.partitions partitions (idempotent)."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -44,7 +44,7 @@ def ensure_topics(cfg: KafkaConfig, topics: Iterable[str], replication: int = 1)
         raise ServiceError(f"Kafka at {cfg.bootstrap_servers} unreachable: {exc}") from exc
     try:
         existing = set(admin.list_topics())
-        wanted = [NewTopic(t, cfg.partitions, replication) for t in topics if t not in existing]
+        wanted = [NewTopic(t, cfg.partitions, cfg.replication_factor) for t in topics if t not in existing]
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(wanted)

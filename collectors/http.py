@@ -98,7 +98,11 @@ def _authorization(value: str | None) -> tuple[str | None, str | None]:
 
 def identity_from_path(path: str) -> str:
     """The charge point identity: last path segment, percent-decoded (query dropped)."""
-    segments = [s for s in urlsplit(path).path.split("/") if s]
+    try:
+        path = urlsplit(path).path
+    except ValueError:  # e.g. "//[x": an authority urlsplit rejects; the path is still usable
+        path = path.partition("?")[0]
+    segments = [s for s in path.split("/") if s]
     return unquote(segments[-1]) if segments else ""
 
 

@@ -16,6 +16,9 @@ from chargewatch.model import MessageType
 
 ARITY = {2: 4, 3: 3, 4: 5, 5: 5, 6: 4}
 MAX_MESSAGE_ID = 36
+# OCPP payloads nest a handful of levels; far deeper JSON is hostile and would exhaust the stack
+# (json.loads raises RecursionError, and so would the recursive redaction walk after it).
+MAX_JSON_DEPTH = 64
 
 
 class FrameError(DecodeError):
@@ -45,6 +48,10 @@ def decode_frame(data: bytes, version: str | None) -> Frame:
         raise FrameError("invalid_utf8", f"frame is not UTF-8: {exc}") from exc
     except ValueError as exc:
         raise FrameError("invalid_json", f"frame is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise FrameError("json_too_deep", f"frame nests deeper than the JSON decoder allows: {exc}") from exc
+    if data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH and _too_deep(value, MAX_JSON_DEPTH):
+        raise FrameError("json_too_deep", f"frame nests more than {MAX_JSON_DEPTH} levels of arrays/objects")
     if not isinstance(value, list) or not value:
         raise FrameError("not_ocppj_array", f"frame is a JSON {type(value).__name__}, not an OCPP-J array")
     mtype = value[0]
@@ -60,6 +67,18 @@ def decode_frame(data: bytes, version: str | None) -> Frame:
     message_id = _message_id(value[1], flags)
     action, payload = _body(mtype, value, flags)
     return Frame(mtype, message_id, action, payload, tuple(flags))
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """True when arrays/objects nest more than limit levels (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
 
 
 def _message_id(raw: Any, flags: list[str]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,15 +112,20 @@ class CaptureReader:
         number = 0
         with reader:
             while True:
-                try:
-                    data, meta = reader._read_packet(size=MAX_RECORD)
-                except EOFError:
-                    break
-                number += 1
                 self.position = reader.f.tell()
+                if self.position >= self.size:
+                    break
+                try:
+                    # Block by block (not _read_packet, which turns a cut block into a silent EOF) so a
+                    # truncated or corrupt block is told apart from the clean end of the file.
+                    block = reader._read_block(size=MAX_RECORD)
+                except (EOFError, OSError, OverflowError, zlib.error):
+                    detail = f"{self.path}: pcapng block after packet {number} unreadable at byte {self.position}"
+                    self.problem = ReadProblem("truncated_record", f"{detail} of {self.size}")
+                    break
+                if block is None:
+                    continue  # not a packet: interface description, statistics, name resolution...
+                data, meta = block
+                number += 1
                 ts = (meta.tshigh << 32 | meta.tslow) / meta.tsresol
                 yield RawRecord(number, ts, meta.linktype, data)
-            self.position = reader.f.tell()
-        if self.position < self.size:
-            detail = f"{self.path}: pcapng block after packet {number} unreadable at byte {self.position}"
-            self.problem = ReadProblem("truncated_record", f"{detail} of {self.size}")

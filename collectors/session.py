@@ -106,7 +106,8 @@ class ConnectionDecoder:
         side.head += data
         parts = split_head(bytes(side.head))
         if parts is None:
-            if len(side.head) > MAX_HEAD or (from_client and not side.head.startswith(b"GET ")):
+            # A request may arrive a few bytes at a time: only a prefix that cannot become "GET " rules it out.
+            if len(side.head) > MAX_HEAD or (from_client and not b"GET ".startswith(bytes(side.head[:4]))):
                 self._ignore(side.head, ts)
             return
         head, rest = parts

@@ -64,6 +64,8 @@ class PacketProcessor:
             self.ctx.sink.dead_letter(DeadLetter.of(ts, err.reason, "malformed packet", self._ref(number), data))
             return
         src, dst = (seg.src, seg.sport), (seg.dst, seg.dport)
+        if not seg.payload and not seg.flags & SYN and _key(src, dst) not in self.connections:
+            return  # a bare ACK/FIN/RST of a connection already closed (or never seen): nothing to track
         conn = self._connection(src, dst, seg.flags, ts)
         ref = self._ref(number)
         if seg.flags & SYN:

@@ -96,7 +96,10 @@ class DetectorStage:
         self.producer.send(topic, key, value)
 
     def flush(self) -> None:
+        had_alerts = self.producer.pending() > 0
         self.producer.flush()
+        if had_alerts:
+            self.faults.hit("alerts_flushed")
 
 
 def run_detector(config: Config, runner: DetectorRunner, faults: FaultPoints,

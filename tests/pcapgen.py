@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import random
 import struct
 import sys
@@ -179,8 +180,6 @@ def _csum_finish(total: int) -> bytes:
 
 
 def _ip_bytes(ip: str) -> bytes:
-    import ipaddress
-
     return ipaddress.ip_address(ip).packed
 
 
@@ -756,8 +755,6 @@ class WsSession:
 
 
 def _ip_text(packed: bytes) -> str:
-    import ipaddress
-
     ip = ipaddress.ip_address(packed)
     return f"[{ip}]" if ip.version == 6 else str(ip)
 

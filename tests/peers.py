@@ -1,9 +1,9 @@
 """Real OCPP peers on loopback, captured live into a pcap.
 
 :func:`record` starts a central system and charge points built on the PyPI ``ocpp`` library over
-``websockets`` on 127.0.0.1, sniffs their TCP traffic on ``lo`` with scapy while they talk, and
-returns every frame each peer handed to ``send()``. The pcap is what a collector sees; the
-frames are the ground truth to compare its output against.
+``websockets`` on 127.0.0.1, sniffs their TCP traffic on ``lo`` with scapy while they talk (see
+:mod:`tests.livecapture`), and returns every frame each peer handed to ``send()``. The pcap is
+what a collector sees; the frames are the ground truth to compare its output against.
 """
 
 from __future__ import annotations
@@ -13,9 +13,6 @@ import base64
 import contextlib
 import dataclasses
 import json
-import socket
-import struct
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -39,21 +36,14 @@ from ocpp.v201 import ChargePoint as ChargePoint201
 from ocpp.v201 import call as call201
 from ocpp.v201 import call_result as result201
 from ocpp.v201.enums import Action as Action201
-from ocpp.v201.enums import (
-    BootReasonEnumType,
-    TransactionEventEnumType,
-    TriggerReasonEnumType,
-)
-from scapy.arch.linux import L2Socket
-from scapy.error import Scapy_Exception
-from scapy.layers.inet import IP, TCP, UDP
+from ocpp.v201.enums import BootReasonEnumType, TransactionEventEnumType, TriggerReasonEnumType
 from scapy.packet import Packet
-from scapy.sendrecv import AsyncSniffer
-from scapy.utils import wrpcap, wrpcapng
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, basic_auth, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+
+from tests.livecapture import HarnessError, LiveCapture, write_capture
 
 SUBPROTOCOLS = ["ocpp2.0.1", "ocpp1.6", "ocpp2.1"]
 CREDENTIALS = {"CP16-001": "cp16-001-secret"}  # identities that must send Basic auth
@@ -68,10 +58,6 @@ _Handler = TypeVar("_Handler", bound=Callable[..., Any])
 def _on(action: str) -> Callable[[_Handler], _Handler]:
     """Typed front for ``ocpp.routing.on`` (the library ships no type hints)."""
     return cast(Callable[[_Handler], _Handler], on(action))
-
-
-class HarnessError(RuntimeError):
-    """The peers or the live capture did not behave (names the step that failed)."""
 
 
 @dataclass(frozen=True)
@@ -117,13 +103,8 @@ class _Recorder:
     never sees a response to a call it did not make.
     """
 
-    def __init__(
-        self,
-        ws: ClientConnection | ServerConnection,
-        cp_id: str,
-        sender: str,
-        log: list[SentFrame],
-    ) -> None:
+    def __init__(self, ws: ClientConnection | ServerConnection, cp_id: str, sender: str,
+                 log: list[SentFrame]) -> None:
         self._ws, self._cp_id, self._sender, self._log = ws, cp_id, sender, log
         self._raw_replies: dict[str, asyncio.Future[str]] = {}
 
@@ -180,10 +161,7 @@ class _Csms16(ChargePoint16):  # type: ignore[misc]
 
     @_on(Action16.start_transaction)
     def on_start(self, id_tag: str, **_: Any) -> Any:
-        return result16.StartTransaction(
-            transaction_id=TRANSACTION_ID_16,
-            id_tag_info={"status": _tag_status(id_tag)},
-        )
+        return result16.StartTransaction(transaction_id=TRANSACTION_ID_16, id_tag_info={"status": _tag_status(id_tag)})
 
     @_on(Action16.meter_values)
     def on_meter_values(self, **_: Any) -> Any:
@@ -228,11 +206,7 @@ class _Csms21(ChargePoint21):  # type: ignore[misc]
         return result21.Heartbeat(current_time=_now())
 
 
-_CSMS_BY_SUBPROTOCOL: dict[str, type[Any]] = {
-    "ocpp1.6": _Csms16,
-    "ocpp2.0.1": _Csms201,
-    "ocpp2.1": _Csms21,
-}
+_CSMS_BY_SUBPROTOCOL: dict[str, type[Any]] = {"ocpp1.6": _Csms16, "ocpp2.0.1": _Csms201, "ocpp2.1": _Csms21}
 
 
 class _Central:
@@ -290,9 +264,7 @@ class _Cp16(ChargePoint16):  # type: ignore[misc]
         known = {"HeartbeatInterval": "300"}
         wanted = key or list(known)
         return result16.GetConfiguration(
-            configuration_key=[
-                {"key": k, "readonly": False, "value": known[k]} for k in wanted if k in known
-            ],
+            configuration_key=[{"key": k, "readonly": False, "value": known[k]} for k in wanted if k in known],
             unknown_key=[k for k in wanted if k not in known] or None,
         )
 
@@ -304,14 +276,8 @@ class _Cp16(ChargePoint16):  # type: ignore[misc]
 class _Cp201(ChargePoint201):  # type: ignore[misc]
     @_on(Action201.set_variables)
     def on_set_variables(self, set_variable_data: list[dict[str, Any]]) -> Any:
-        results = [
-            {
-                "attributeStatus": "Accepted",
-                "component": d["component"],
-                "variable": d["variable"],
-            }
-            for d in set_variable_data
-        ]
+        results = [{"attributeStatus": "Accepted", "component": d["component"], "variable": d["variable"]}
+                   for d in set_variable_data]
         return result201.SetVariables(set_variable_result=results)
 
 
@@ -324,26 +290,16 @@ class _Context:
 
 
 @contextlib.asynccontextmanager
-async def _charge_point(
-    ctx: _Context,
-    cp_id: str,
-    cp_class: type[Any],
-    subprotocol: str,
-    password: str | None = None,
-) -> AsyncIterator[tuple[Any, _Recorder]]:
+async def _charge_point(ctx: _Context, cp_id: str, cp_class: type[Any], subprotocol: str,
+                        password: str | None = None) -> AsyncIterator[tuple[Any, _Recorder]]:
     """Connect one charge point, run its receive loop, and close it cleanly on exit."""
     headers = {}
     if password is not None:
         token = base64.b64encode(f"{cp_id}:{password}".encode()).decode()
         headers["Authorization"] = f"Basic {token}"
-    async with connect(
-        ctx.base_url + quote(cp_id, safe=""),
-        subprotocols=[subprotocol],  # type: ignore[list-item]
-        additional_headers=headers,
-        compression=ctx.compression,
-        proxy=None,
-        open_timeout=REPLY_TIMEOUT,
-    ) as ws:
+    url = ctx.base_url + quote(cp_id, safe="")
+    async with connect(url, subprotocols=[subprotocol], additional_headers=headers,  # type: ignore[list-item]
+                       compression=ctx.compression, proxy=None, open_timeout=REPLY_TIMEOUT) as ws:
         recorder = _Recorder(ws, cp_id, "cp", ctx.log)
         cp = cp_class(cp_id, recorder)
         loop_task = asyncio.create_task(cp.start())
@@ -356,68 +312,32 @@ async def _charge_point(
 
 
 async def _boot16(cp: Any) -> None:
-    await cp.call(
-        call16.BootNotification(charge_point_model="Demo", charge_point_vendor="Research")
-    )
+    await cp.call(call16.BootNotification(charge_point_model="Demo", charge_point_vendor="Research"))
 
 
 def _meter_value16(wh: int) -> dict[str, Any]:
-    return {
-        "timestamp": _now(),
-        "sampledValue": [
-            {
-                "value": str(wh),
-                "context": "Sample.Periodic",
-                "measurand": "Energy.Active.Import.Register",
-                "unit": "Wh",
-            },
-            {"value": "7200", "measurand": "Power.Active.Import", "unit": "W"},
-            {
-                "value": "31.2",
-                "measurand": "Current.Import",
-                "phase": "L1",
-                "unit": "A",
-            },
-        ],
-    }
+    return {"timestamp": _now(), "sampledValue": [
+        {"value": str(wh), "context": "Sample.Periodic", "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
+        {"value": "7200", "measurand": "Power.Active.Import", "unit": "W"},
+        {"value": "31.2", "measurand": "Current.Import", "phase": "L1", "unit": "A"},
+    ]}
 
 
 async def _v16_session(ctx: _Context) -> None:
     cp_id = "CP16-001"
-    async with _charge_point(ctx, cp_id, _Cp16, "ocpp1.6", CREDENTIALS[cp_id]) as (
-        cp,
-        _,
-    ):
+    async with _charge_point(ctx, cp_id, _Cp16, "ocpp1.6", CREDENTIALS[cp_id]) as (cp, _):
         await _boot16(cp)
         await cp.call(call16.Heartbeat())
-        await cp.call(
-            call16.StatusNotification(
-                connector_id=1,
-                error_code=ChargePointErrorCode.no_error,
-                status=ChargePointStatus.preparing,
-            )
-        )
+        await cp.call(call16.StatusNotification(connector_id=1, error_code=ChargePointErrorCode.no_error,
+                                                status=ChargePointStatus.preparing))
         await cp.call(call16.Authorize(id_tag=TAG))
-        started = await cp.call(
-            call16.StartTransaction(connector_id=1, id_tag=TAG, meter_start=10000, timestamp=_now())
-        )
+        started = await cp.call(call16.StartTransaction(connector_id=1, id_tag=TAG, meter_start=10000,
+                                                        timestamp=_now()))
         for wh in (10250, 10500, 10750):
-            await cp.call(
-                call16.MeterValues(
-                    connector_id=1,
-                    meter_value=[_meter_value16(wh)],
-                    transaction_id=started.transaction_id,
-                )
-            )
-        await cp.call(
-            call16.StopTransaction(
-                meter_stop=10760,
-                timestamp=_now(),
-                transaction_id=started.transaction_id,
-                reason=Reason.local,
-                id_tag=TAG,
-            )
-        )
+            await cp.call(call16.MeterValues(connector_id=1, meter_value=[_meter_value16(wh)],
+                                             transaction_id=started.transaction_id))
+        await cp.call(call16.StopTransaction(meter_stop=10760, timestamp=_now(), transaction_id=started.transaction_id,
+                                             reason=Reason.local, id_tag=TAG))
         csms = ctx.central.peer(cp_id)
         await csms.call(call16.GetConfiguration(key=["HeartbeatInterval"]))
         await csms.call(call16.RemoteStartTransaction(id_tag=TAG, connector_id=1))
@@ -428,83 +348,35 @@ def _transaction_event(seq_no: int, event_type: str, trigger: str, **extra: Any)
     info: dict[str, Any] = {"transactionId": TRANSACTION_ID_201, "chargingState": state}
     if event_type == "Ended":
         info["stoppedReason"] = "Local"
-    return call201.TransactionEvent(
-        event_type=TransactionEventEnumType(event_type),
-        timestamp=_now(),
-        trigger_reason=TriggerReasonEnumType(trigger),
-        seq_no=seq_no,
-        transaction_info=info,
-        **extra,
-    )
+    return call201.TransactionEvent(event_type=TransactionEventEnumType(event_type), timestamp=_now(),
+                                    trigger_reason=TriggerReasonEnumType(trigger), seq_no=seq_no,
+                                    transaction_info=info, **extra)
 
 
 def _meter_value201(wh: float, context: str) -> list[dict[str, Any]]:
-    sampled = {
-        "value": wh,
-        "context": context,
-        "measurand": "Energy.Active.Import.Register",
-        "unitOfMeasure": {"unit": "Wh"},
-    }
+    sampled = {"value": wh, "context": context, "measurand": "Energy.Active.Import.Register",
+               "unitOfMeasure": {"unit": "Wh"}}
     return [{"timestamp": _now(), "sampledValue": [sampled]}]
 
 
 async def _v201_session(ctx: _Context) -> None:
     cp_id = "RDAM 123"
     async with _charge_point(ctx, cp_id, _Cp201, "ocpp2.0.1") as (cp, _):
-        await cp.call(
-            call201.BootNotification(
-                charging_station={"model": "Demo", "vendorName": "Research"},
-                reason=BootReasonEnumType.power_up,
-            )
-        )
-        await cp.call(
-            _transaction_event(
-                0,
-                "Started",
-                "CablePluggedIn",
-                evse={"id": 1, "connectorId": 1},
-                meter_value=_meter_value201(0.0, "Transaction.Begin"),
-            )
-        )
-        await cp.call(
-            _transaction_event(
-                1,
-                "Updated",
-                "Authorized",
-                id_token={"idToken": "AABBCCDD", "type": "ISO14443"},
-            )
-        )
-        await cp.call(
-            _transaction_event(
-                2,
-                "Updated",
-                "MeterValuePeriodic",
-                meter_value=_meter_value201(7400.0, "Sample.Periodic"),
-            )
-        )
-        await cp.call(
-            _transaction_event(
-                3,
-                "Ended",
-                "StopAuthorized",
-                meter_value=_meter_value201(15200.0, "Transaction.End"),
-            )
-        )
-        await cp.call(
-            call201.SecurityEventNotification(type="StartupOfTheDevice", timestamp=_now())
-        )
+        await cp.call(call201.BootNotification(charging_station={"model": "Demo", "vendorName": "Research"},
+                                               reason=BootReasonEnumType.power_up))
+        await cp.call(_transaction_event(0, "Started", "CablePluggedIn", evse={"id": 1, "connectorId": 1},
+                                         meter_value=_meter_value201(0.0, "Transaction.Begin")))
+        await cp.call(_transaction_event(1, "Updated", "Authorized",
+                                         id_token={"idToken": "AABBCCDD", "type": "ISO14443"}))
+        await cp.call(_transaction_event(2, "Updated", "MeterValuePeriodic",
+                                         meter_value=_meter_value201(7400.0, "Sample.Periodic")))
+        await cp.call(_transaction_event(3, "Ended", "StopAuthorized",
+                                         meter_value=_meter_value201(15200.0, "Transaction.End")))
+        await cp.call(call201.SecurityEventNotification(type="StartupOfTheDevice", timestamp=_now()))
         csms = ctx.central.peer(cp_id)
-        await csms.call(
-            call201.SetVariables(
-                set_variable_data=[
-                    {
-                        "attributeValue": "60",
-                        "component": {"name": "OCPPCommCtrlr"},
-                        "variable": {"name": "HeartbeatInterval"},
-                    }
-                ]
-            )
-        )
+        setting = {"attributeValue": "60", "component": {"name": "OCPPCommCtrlr"},
+                   "variable": {"name": "HeartbeatInterval"}}
+        await csms.call(call201.SetVariables(set_variable_data=[setting]))
 
 
 async def _v16_replay(ctx: _Context) -> None:
@@ -528,166 +400,35 @@ async def _v16_direction(ctx: _Context) -> None:
 
 
 SCENARIOS: dict[str, Callable[[_Context], Awaitable[None]]] = {
-    "v16_session": _v16_session,
-    "v201_session": _v201_session,
-    "v16_replay": _v16_replay,
+    "v16_session": _v16_session, "v201_session": _v201_session, "v16_replay": _v16_replay,
     "v16_direction": _v16_direction,
 }
-
-
-# --- live capture -------------------------------------------------------------------------
-
-SOL_PACKET, PACKET_STATISTICS = 263, 6
-
-
-class _LiveCapture:
-    """Sniffer on ``lo`` for one TCP port, synchronised with UDP marker datagrams.
-
-    The packet socket is opened (BPF attached, bound, flushed) before :meth:`start` returns, and
-    :meth:`start` only returns once the sniffer thread has seen a start marker. :meth:`stop`
-    sends an end marker, waits until it arrives and the TCP flow has been quiet for ``settle``
-    seconds, then checks that no packet was dropped.
-    """
-
-    def __init__(self, port: int, settle: float = 0.2) -> None:
-        self._settle = settle
-        self._marker_rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._marker_rx.bind(("127.0.0.1", 0))
-        self._marker_port = self._marker_rx.getsockname()[1]
-        self._seen: set[bytes] = set()
-        self._last_tcp = time.monotonic()
-        self._cond = threading.Condition()
-        bpf = f"tcp port {port} or (udp and dst port {self._marker_port})"
-        try:
-            self._sock = L2Socket(iface="lo", filter=bpf, promisc=False)
-        except PermissionError as exc:
-            self._marker_rx.close()
-            raise PermissionError(
-                "recording OCPP peers needs root (CAP_NET_RAW) to sniff on lo; "
-                "run as root or grant the capability to this python"
-            ) from exc
-        except Scapy_Exception as exc:  # BPF compilation needs libpcap (libpcap0.8)
-            self._marker_rx.close()
-            raise HarnessError(f"cannot attach BPF filter {bpf!r} on lo: {exc}") from exc
-        self._sniffer = AsyncSniffer(opened_socket=self._sock, prn=self._on_packet, store=True)
-
-    def _on_packet(self, pkt: Packet) -> None:
-        with self._cond:
-            if UDP in pkt and pkt[UDP].dport == self._marker_port:
-                self._seen.add(bytes(pkt[UDP].payload))
-            else:
-                self._last_tcp = time.monotonic()
-            self._cond.notify_all()
-
-    def _sync(self, tag: str, timeout: float = 5.0) -> None:
-        nonce = f"chargewatch-{tag}-{uuid.uuid4()}".encode()
-        deadline = time.monotonic() + timeout
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
-            while time.monotonic() < deadline:
-                tx.sendto(nonce, ("127.0.0.1", self._marker_port))
-                with self._cond:
-                    if self._cond.wait_for(lambda: nonce in self._seen, timeout=0.05):
-                        return
-        raise HarnessError(f"live capture on lo never saw its {tag} marker within {timeout}s")
-
-    def _drops(self) -> int:
-        raw = self._sock.ins.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
-        return int(struct.unpack("II", raw)[1])  # reading resets the kernel counters
-
-    def start(self) -> None:
-        self._sniffer.start()
-        self._sync("start")
-        self._drops()
-
-    def stop(self) -> list[Packet]:
-        """Wait for every packet, stop, and return the TCP packets in arrival order."""
-        self._sync("end")
-        with self._cond:
-            while (quiet := time.monotonic() - self._last_tcp) < self._settle:
-                self._cond.wait(self._settle - quiet)
-        drops = self._drops()
-        packets = self.close()
-        if drops:
-            raise HarnessError(f"the kernel dropped {drops} packets on lo during the capture")
-        return [p for p in packets if TCP in p]
-
-    def close(self) -> list[Packet]:
-        """Stop the sniffer and release its sockets (safe to call twice)."""
-        packets: list[Packet] = []
-        if self._sniffer.running:
-            packets = list(self._sniffer.stop() or [])
-        self._sock.close()
-        self._marker_rx.close()
-        return packets
-
-
-def _check_complete(packets: Sequence[Packet]) -> None:
-    """Raise unless every TCP direction has its SYN, its FIN and no gap in between."""
-    flows: dict[tuple[str, int, str, int], dict[str, Any]] = {}
-    for pkt in packets:
-        ip, tcp = pkt[IP], pkt[TCP]
-        flow = flows.setdefault((ip.src, tcp.sport, ip.dst, tcp.dport), {"ranges": []})
-        size = len(tcp.payload)
-        if tcp.flags.S:
-            flow["isn"] = tcp.seq
-        if tcp.flags.F:
-            flow["fin"] = tcp.seq + size
-        if size:
-            flow["ranges"].append((tcp.seq, size))
-    for key, flow in flows.items():
-        if "isn" not in flow or "fin" not in flow:
-            raise HarnessError(f"capture of TCP flow {key} lacks its SYN or FIN")
-        expected = (flow["fin"] - flow["isn"] - 1) % 2**32
-        covered = 0
-        for start, size in sorted(((s - flow["isn"] - 1) % 2**32, n) for s, n in flow["ranges"]):
-            if start > covered:
-                raise HarnessError(f"capture of TCP flow {key} misses bytes {covered}..{start}")
-            covered = max(covered, start + size)
-        if covered != expected:
-            raise HarnessError(f"capture of TCP flow {key} has {covered} of {expected} bytes")
 
 
 # --- entry point --------------------------------------------------------------------------
 
 
-async def _run(
-    scenarios: Sequence[str], compression: str | None, port: int, log: list[SentFrame]
-) -> list[Packet]:
+async def _run(scenarios: Sequence[str], compression: str | None, port: int, log: list[SentFrame]) -> list[Packet]:
     central = _Central(log)
-    async with serve(
-        central.handle,
-        "127.0.0.1",
-        port,
-        subprotocols=SUBPROTOCOLS,  # type: ignore[arg-type]
-        compression=compression,
-        process_request=central.process_request,
-    ) as server:  # on exit: stop listening, wait for every connection handler to finish
-        bound = server.sockets[0].getsockname()[1]
-        capture = _LiveCapture(bound)
-        try:
+    capture: LiveCapture | None = None
+    try:
+        # On exit, serve() stops listening and waits for every connection handler to finish.
+        async with serve(central.handle, "127.0.0.1", port, subprotocols=SUBPROTOCOLS,  # type: ignore[arg-type]
+                         compression=compression, process_request=central.process_request) as server:
+            bound = server.sockets[0].getsockname()[1]
+            capture = LiveCapture(bound)
             await asyncio.to_thread(capture.start)
             ctx = _Context(f"ws://127.0.0.1:{bound}/ocpp/", compression, central, log)
             for name in scenarios:
                 await SCENARIOS[name](ctx)
-        except BaseException:
-            capture.close()
-            raise
-    try:
-        packets = await asyncio.to_thread(capture.stop)
+        return await asyncio.to_thread(capture.stop)  # raises unless every byte was captured
     finally:
-        capture.close()
-    _check_complete(packets)
-    return packets
+        if capture is not None:
+            capture.close()
 
 
-def record(
-    pcap_path: Path,
-    scenarios: Sequence[str],
-    *,
-    compression: bool = True,
-    port: int = 0,
-    pcapng: bool = False,
-) -> list[SentFrame]:
+def record(pcap_path: Path, scenarios: Sequence[str], *, compression: bool = True, port: int = 0,
+           pcapng: bool = False) -> list[SentFrame]:
     """Run ``scenarios`` between real OCPP peers on 127.0.0.1 and capture them into ``pcap_path``.
 
     Scenarios run one after another, each on its own WebSocket connection to one central system
@@ -700,17 +441,8 @@ def record(
         raise ValueError(f"unknown scenarios {unknown}; known: {sorted(SCENARIOS)}")
     log: list[SentFrame] = []
     packets = asyncio.run(_run(scenarios, "deflate" if compression else None, port, log))
-    pcap_path.parent.mkdir(parents=True, exist_ok=True)
-    (wrpcapng if pcapng else wrpcap)(str(pcap_path), packets)
+    write_capture(pcap_path, packets, pcapng=pcapng)
     return sorted(log, key=lambda frame: frame.t)
 
 
-__all__ = [
-    "SCENARIOS",
-    "HarnessError",
-    "SentFrame",
-    "read_sent",
-    "record",
-    "sent_path",
-    "write_sent",
-]
+__all__ = ["SCENARIOS", "HarnessError", "SentFrame", "read_sent", "record", "sent_path", "write_sent"]

@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="exit after this many seconds without new records (default: run forever)")
     p.add_argument("--kill-at", default=None, metavar="POINT:N",
                    help="crash testing: SIGKILL this process at the Nth pass of POINT "
-                        "(before_flush, after_flush, after_commit, alert_sent)")
+                        "(alert_sent, before_flush, alerts_flushed, after_flush, after_commit)")
     p.set_defaults(run=run)
 
 
