@@ -61,7 +61,8 @@ def session_messages(i: int) -> list[tuple[bool, str]]:
 
 def _twist(twist: str, p: str, tag: str) -> list[tuple[bool, str]]:
     if twist == "replay_different":
-        return [_call(f"{p}-auth", "Authorize", {"idTag": "EVIL" + tag}), _result(f"{p}-auth", {"idTagInfo": {"status": "Invalid"}})]
+        return [_call(f"{p}-auth", "Authorize", {"idTag": "EVIL" + tag}),
+                _result(f"{p}-auth", {"idTagInfo": {"status": "Invalid"}})]
     if twist == "resend_after_result":
         return [_call(f"{p}-hb", "Heartbeat", {}), _result(f"{p}-hb", {"currentTime": "2026-11-20T10:00:01Z"})]
     if twist == "retry_after_error":
@@ -73,8 +74,8 @@ def _twist(twist: str, p: str, tag: str) -> list[tuple[bool, str]]:
         return [_call(f"{p}-reset", "Reset", {"type": "Hard"}),
                 (False, json.dumps([4, f"{p}-reset", "NotImplemented", "not supported", {}]))]
     if twist == "retry_unanswered":
-        return [_call(f"{p}-status", "StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Available"}),
-                _call(f"{p}-status", "StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Available"}),
+        status = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
+        return [_call(f"{p}-status", "StatusNotification", status), _call(f"{p}-status", "StatusNotification", status),
                 _result(f"{p}-status", {})]
     return []
 

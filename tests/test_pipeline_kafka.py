@@ -69,7 +69,8 @@ def test_demo_capture_end_to_end_into_elasticsearch(service_config: Config, tmp_
     finally:
         store.close()
     # Redelivery of the whole alerts topic to a fresh indexer group adds nothing.
-    again = replace(service_config, kafka=replace(service_config.kafka, indexer_group=service_config.kafka.indexer_group + "-2"))
+    regroup = replace(service_config.kafka, indexer_group=service_config.kafka.indexer_group + "-2")
+    again = replace(service_config, kafka=regroup)
     _ok(cli(write_config(again, tmp_path, "again"), "index", "--idle-exit", "3"))
     assert _by_id(indexed_alerts(service_config)) == _by_id(docs)
 
