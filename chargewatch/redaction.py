@@ -27,6 +27,8 @@ TOKEN_KEYS = frozenset({"idTag", "parentIdTag", "idToken", "groupIdToken", "addi
 # Keys whose value is a credential, wherever they appear.
 SECRET_KEYS = frozenset({"password", "apnPassword", "simPin", "basicAuthPassword"})
 SECRET_CONFIG_NAMES = frozenset({"authorizationkey", "basicauthpassword"})
+# Lower-cased substrings of a raw frame without which no key above can occur in it.
+RAW_MARKERS = (b"idtag", b"idtoken", b"customeridentifier", b"password", b"simpin", b"authorizationkey")
 
 
 @dataclass(frozen=True)
@@ -41,9 +43,14 @@ class Redactor:
         digest = hmac.new(self.key, token.casefold().encode(), hashlib.sha256).hexdigest()
         return PSEUDONYM_PREFIX + digest[:24]
 
-    def payload(self, action: str | None, payload: Any) -> Any:
-        """A redacted copy of payload (the input is not modified)."""
+    def payload(self, action: str | None, payload: Any, raw: bytes | None = None) -> Any:
+        """A redacted copy of payload (the input is not modified).
+
+        raw, the frame's JSON text, lets frames that cannot hold anything sensitive skip the walk.
+        """
         if not self.enabled:
+            return payload
+        if raw is not None and action != "SetNetworkProfile" and not _may_hold_secrets(raw):
             return payload
         redacted = self._walk(payload)
         if action == "SetNetworkProfile" and isinstance(redacted, dict):
@@ -68,6 +75,12 @@ class Redactor:
                 out[k] = self._walk(v)
         _redact_config_value(out)
         return out
+
+
+def _may_hold_secrets(raw: bytes) -> bool:
+    lowered = raw.lower()
+    # A \u escape could spell a key in a way the raw text does not show: walk to be safe.
+    return b"\\u" in raw or any(marker in lowered for marker in RAW_MARKERS)
 
 
 def _redact_config_value(obj: dict[str, Any]) -> None:

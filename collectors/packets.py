@@ -89,8 +89,16 @@ def network_layer(linktype: int, frame: bytes) -> tuple[int, int]:
     raise PacketSkip(f"linktype_{linktype}")
 
 
+_ETH_IPV4 = struct.Struct("!12xHBxH2xHxB2x4s4s")  # Ethernet + IPv4 header without options
+
+
 def parse_segment(linktype: int, frame: bytes) -> Segment:
     """The TCP segment inside a frame; PacketSkip for non-TCP, PacketError when malformed."""
+    if linktype == LINKTYPE_ETHERNET and len(frame) >= 54:
+        etype, ver_ihl, total, frag, proto, src4, dst4 = _ETH_IPV4.unpack_from(frame)
+        plain = etype == ETH_IPV4 and ver_ihl == 0x45 and proto == 6 and not frag & 0x3FFF
+        if plain and 20 <= total <= len(frame) - 14:
+            return _tcp(frame, socket.inet_ntoa(src4), socket.inet_ntoa(dst4), 34, 14 + total)
     etype, off = network_layer(linktype, frame)
     if etype == ETH_IPV4:
         src, dst, proto, off, end = _ipv4(frame, off)
@@ -102,6 +110,10 @@ def parse_segment(linktype: int, frame: bytes) -> Segment:
         raise PacketSkip("non_ip")
     if proto != 6:
         raise PacketSkip("non_tcp")
+    return _tcp(frame, src, dst, off, end)
+
+
+def _tcp(frame: bytes, src: str, dst: str, off: int, end: int) -> Segment:
     if end - off < 20:
         raise PacketError("truncated_tcp_header")
     sport, dport, seq, _ack, data_off, flags = _TCP.unpack_from(frame, off)

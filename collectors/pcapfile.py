@@ -7,6 +7,7 @@ truncated record is reported with its byte offset; pcapng goes through scapy's
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import zlib
@@ -51,7 +52,10 @@ class CaptureReader:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.problem: ReadProblem | None = None
-        self.size = os.path.getsize(path)
+        try:
+            self.size = os.path.getsize(path)
+        except OSError as exc:  # a missing file must fail like an unreadable one: CaptureError
+            raise CaptureError(f"{path}: cannot open: {exc}") from exc
         self.position = 0
 
     def __iter__(self) -> Iterator[RawRecord]:
@@ -77,28 +81,27 @@ class CaptureReader:
             return
         linktype = struct.unpack(endian + "HHiIII", header)[5] & 0x0FFFFFFF
         rec = struct.Struct(endian + "IIII")
-        offset, number = 24, 0
-        while True:
-            head = f.read(16)
-            if not head:
-                break
-            if len(head) < 16:
-                self.problem = ReadProblem("truncated_record", f"{self.path}: record header cut at byte {offset}")
-                break
-            sec, frac, caplen, _wire = rec.unpack(head)
-            if caplen > MAX_RECORD:
-                detail = f"{self.path}: record at byte {offset} claims {caplen} bytes"
-                self.problem = ReadProblem("corrupt_record", detail)
-                break
-            data = f.read(caplen)
-            if len(data) < caplen:
-                detail = f"{self.path}: record {number + 1} at byte {offset} cut after {len(data)} of {caplen} bytes"
-                self.problem = ReadProblem("truncated_record", detail)
-                break
-            number += 1
-            offset += 16 + caplen
-            self.position = offset
-            yield RawRecord(number, sec + frac * unit, linktype, data)
+        offset, number, size = 24, 0, self.size
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            while offset < size:
+                if size - offset < 16:
+                    self.problem = ReadProblem("truncated_record", f"{self.path}: record header cut at byte {offset}")
+                    break
+                sec, frac, caplen, _wire = rec.unpack_from(buf, offset)
+                if caplen > MAX_RECORD:
+                    detail = f"{self.path}: record at byte {offset} claims {caplen} bytes"
+                    self.problem = ReadProblem("corrupt_record", detail)
+                    break
+                start = offset + 16
+                if start + caplen > size:
+                    detail = (f"{self.path}: record {number + 1} at byte {offset} cut after {size - start} "
+                              f"of {caplen} bytes")
+                    self.problem = ReadProblem("truncated_record", detail)
+                    break
+                number += 1
+                offset = start + caplen
+                self.position = offset
+                yield RawRecord(number, sec + frac * unit, linktype, buf[start:offset])
 
     def _pcapng(self) -> Iterator[RawRecord]:
         from scapy.error import Scapy_Exception

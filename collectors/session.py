@@ -180,8 +180,9 @@ class ConnectionDecoder:
         action = self._action(from_client, frame.message_type, frame.message_id, frame.action, flags)
         direction = Direction.CP_TO_CSMS if from_client else Direction.CSMS_TO_CP
         src, dst = (self.client, self.server) if from_client else (self.server, self.client)
-        payload = self.ctx.redactor.payload(action, frame.payload)
-        self.ctx.stats.flags.update(flags)
+        payload = self.ctx.redactor.payload(action, frame.payload, ws.data)
+        if flags:
+            self.ctx.stats.flags.update(flags)
         self.ctx.stats.messages += 1
         self.ctx.sink.record(OcppMessage(
             ts=ts, charge_point_id=self.cp_id or "", direction=direction, src_ip=src[0], src_port=src[1],

@@ -190,6 +190,8 @@ class FrameDecoder:
             if partial.compressed and self._inflater is not None and not self._no_takeover():
                 # The shared compression context now lacks this message: later ones cannot be decoded.
                 self.desynced = True
+                self.undecoded_bytes += len(self._buf)
+                self._buf.clear()
             detail = f"message of {partial.wire} wire bytes exceeds {self.max_message}"
             return WsProblem("oversized_message", detail, False)
         data = b"".join(partial.chunks)
@@ -204,7 +206,9 @@ class FrameDecoder:
         return self.deflate is not None and self.deflate.no_context_takeover
 
     def _inflate(self, data: bytes) -> bytes | WsProblem:
-        if self._no_takeover() or self._inflater is None:
+        if self._no_takeover() or self._inflater is None or self._inflater.eof:
+            # eof: the last message ended its deflate stream (BFINAL, RFC 7692 7.2.3.3), so its sender
+            # had to start a new one; a finished inflater would silently turn every later message into b"".
             self._inflater = zlib.decompressobj(-15)
         try:
             result = self._inflater.decompress(data + DEFLATE_TAIL, self.max_message + 1)
