@@ -31,6 +31,8 @@ class KafkaConfig:
     client_id: str = "chargewatch"
     # A dead consumer's partitions move to the others after this long (broker minimum: 6000).
     session_timeout_ms: int = 10_000
+    # Key of the messages topic (a name from chargewatch.model.RECORD_KEYS).
+    messages_key: str = "charge_point"
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,9 @@ class DetectorConfig:
     batch_size: int = 500
     # A CALL unanswered for this long no longer counts as outstanding (ocpp lib default 30 s).
     call_timeout_s: float = 30.0
+    # What detector state is keyed by (a name from chargewatch.model.RECORD_KEYS); must match
+    # the key of the topic the stage consumes so one process owns each key.
+    state_key: str = "charge_point"
 
 
 @dataclass(frozen=True)

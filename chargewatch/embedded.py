@@ -10,7 +10,7 @@ from chargewatch.alerts import Alert
 from chargewatch.catalog import load_catalog
 from chargewatch.config import Config, resolve_redaction_key
 from chargewatch.errors import CaptureError
-from chargewatch.model import Record
+from chargewatch.model import Record, key_function
 from chargewatch.redaction import Redactor
 from collectors.pcap import read_capture
 from collectors.stats import CollectorStats, DeadLetter
@@ -43,10 +43,10 @@ class _RunnerSink:
         self.result.dead_letters.append(letter)
 
 
-def build_runner() -> DetectorRunner:
-    """A runner with every registered detector and the shipped rules."""
+def build_runner(config: Config) -> DetectorRunner:
+    """A runner with every registered detector and the shipped rules, keyed as configured."""
     rules = load_rules()
-    return DetectorRunner(default_detectors(rules, load_catalog()), rules)
+    return DetectorRunner(default_detectors(rules, load_catalog()), rules, key_function(config.detector.state_key))
 
 
 def analyze(paths: Iterable[Path], config: Config, progress: Callable[[int], None] | None = None,
@@ -54,7 +54,7 @@ def analyze(paths: Iterable[Path], config: Config, progress: Callable[[int], Non
     """Decode every capture and run the detectors over it, in file order."""
     redactor = Redactor(resolve_redaction_key(config.redaction), enabled=config.redaction.enabled)
     result = AnalysisResult()
-    sink = _RunnerSink(build_runner(), result, on_record)
+    sink = _RunnerSink(build_runner(config), result, on_record)
     for path in paths:
         try:
             stats = read_capture(path, sink, redactor, load_catalog(), config.collector.max_message_bytes,

@@ -8,18 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from chargewatch.config import KafkaConfig
 from chargewatch.errors import ServiceError
-from chargewatch.model import Record, record_key
+from chargewatch.model import KeyFn, Record, record_key
 from collectors.stats import DeadLetter
-
-KeyFn = Callable[[Record], str]
-
-# Keys a stage may declare; re-keying a stage is choosing another entry here in its config.
-KEYS: dict[str, KeyFn] = {"charge_point": record_key}
 
 
 def encode(value: dict[str, Any]) -> bytes:

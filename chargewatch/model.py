@@ -7,11 +7,12 @@ Records travel through Kafka as JSON objects tagged with ``record`` ("message" o
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any
 
-from chargewatch.errors import DecodeError
+from chargewatch.errors import ConfigError, DecodeError
 
 
 class Direction(StrEnum):
@@ -152,6 +153,22 @@ def record_key(record: Record) -> str:
     if isinstance(record, OcppMessage):
         return record.charge_point_id
     return record.key
+
+
+KeyFn = Callable[[Record], str]
+
+# The keys a stage may declare, by name. Re-keying a stage is naming another entry in its
+# configuration (``[kafka] messages_key``, ``[detector] state_key``); correlation stages add
+# their key functions here.
+RECORD_KEYS: dict[str, KeyFn] = {"charge_point": record_key}
+
+
+def key_function(name: str) -> KeyFn:
+    """The key function called name; ConfigError naming the known ones otherwise."""
+    try:
+        return RECORD_KEYS[name]
+    except KeyError:
+        raise ConfigError(f"unknown record key {name!r}; known: {', '.join(sorted(RECORD_KEYS))}") from None
 
 
 def record_from_dict(data: dict[str, Any]) -> Record:

@@ -93,7 +93,8 @@ def _redact_config_value(obj: dict[str, Any]) -> None:
         for field_name in ("attributeValue", "value"):
             if field_name in obj:
                 obj[field_name] = REDACTED
-        for result in obj.get("variableAttribute", []) or []:
+        attributes = obj.get("variableAttribute")
+        for result in attributes if isinstance(attributes, list) else []:
             if isinstance(result, dict) and "value" in result:
                 result["value"] = REDACTED
 

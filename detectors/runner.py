@@ -8,15 +8,13 @@ dropped for partitions a process no longer owns, and rebuilt by replaying record
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from chargewatch.alerts import Alert, alert_id
-from chargewatch.model import ConnectionEvent, OcppMessage, Record, record_key
+from chargewatch.model import ConnectionEvent, KeyFn, OcppMessage, Record, record_key
 from detectors.base import Detector, Finding, State
 from detectors.rules import Rule
-
-KeyFn = Callable[[Record], str]
 
 
 class DetectorRunner:

@@ -75,6 +75,14 @@ def test_redaction_reaches_every_token_and_secret() -> None:
     assert (data["apn"]["apnPassword"], data["apn"]["simPin"], data["ocppCsmsUrl"]) == (REDACTED, REDACTED, "wss://x/ocpp")
 
 
+def test_redaction_survives_odd_shapes() -> None:
+    r = Redactor(b"k")
+    odd = {"variable": {"name": "BasicAuthPassword"}, "variableAttribute": 5, "idTag": 7}
+    assert r.payload("GetVariables", odd) == odd
+    report = {"variable": {"name": "BasicAuthPassword"}, "variableAttribute": [{"value": "s3cret"}, 3]}
+    assert r.payload("NotifyReport", report)["variableAttribute"] == [{"value": REDACTED}, 3]
+
+
 def test_redaction_can_be_turned_off_and_never_mutates_input() -> None:
     payload = {"idTag": "CARD1"}
     assert Redactor(b"k", enabled=False).payload("Authorize", payload) == {"idTag": "CARD1"}

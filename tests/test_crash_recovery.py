@@ -15,6 +15,8 @@ from tests.conftest import Services, isolated_config
 from tests.fleet import write_fleet
 from tests.kafka_helpers import cli, indexed_alerts, read_topic, write_config
 
+pytestmark = pytest.mark.services
+
 DEMO = Path(__file__).resolve().parent.parent / "samples" / "demo.pcap"
 KILLED = -9
 

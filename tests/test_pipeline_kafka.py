@@ -16,6 +16,8 @@ from tests.conftest import Services, isolated_config
 from tests.fleet import write_fleet
 from tests.kafka_helpers import cli, group_members, indexed_alerts, read_topic, start, write_config
 
+pytestmark = pytest.mark.services
+
 DEMO = Path(__file__).resolve().parent.parent / "samples" / "demo.pcap"
 
 

@@ -11,6 +11,7 @@ from chargewatch.catalog import load_catalog
 from chargewatch.config import Config, resolve_redaction_key
 from chargewatch.errors import CaptureError
 from chargewatch.kafkaio import DurableProducer, KafkaRecordSink, ensure_topics, make_producer
+from chargewatch.model import key_function
 from chargewatch.redaction import Redactor
 from collectors.pcap import read_capture
 from collectors.stats import CollectorStats
@@ -33,7 +34,7 @@ def run_pcap(args: argparse.Namespace, config: Config) -> int:
     ensure_topics(cfg, [cfg.messages_topic, cfg.deadletter_topic])
     redactor = Redactor(resolve_redaction_key(config.redaction), enabled=config.redaction.enabled)
     out = DurableProducer(make_producer(cfg))
-    sink = KafkaRecordSink(cfg, out)
+    sink = KafkaRecordSink(cfg, out, key_function(cfg.messages_key))
     total, failed = CollectorStats(), 0
     try:
         for path in args.paths:

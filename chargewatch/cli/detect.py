@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    stats, stage = run_detector(config, build_runner(), FaultPoints(args.kill_at), args.idle_exit)
+    stats, stage = run_detector(config, build_runner(config), FaultPoints(args.kill_at), args.idle_exit)
     print(f"detector: {stats.records} records in {stats.batches} batches, {stage.alerts} alerts, "
           f"{stage.bad_records} bad records", file=sys.stderr)
     return 0
