@@ -20,10 +20,11 @@ from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from chargewatch.catalog import load_catalog
-from chargewatch.model import ConnectionEvent, Direction, MessageType, OcppMessage, Record
+from chargewatch.model import Direction, MessageType, Record
 from chargewatch.redaction import Redactor
 from collectors.pcap import read_capture
 from collectors.stats import CollectorStats, DeadLetter
+from tests.collector_helpers import ListSink
 from tests.peers import SentFrame
 
 GOLDEN_KEY = b"golden-key"
@@ -34,29 +35,19 @@ PATH_PREFIX = "/ocpp/"
 
 
 @dataclass
-class Collected:
-    """Everything the collector produced for one capture, in output order."""
+class Collected(ListSink):
+    """Everything the collector produced for one capture, also in one output-ordered list."""
 
-    records: list[Record] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
     output: list[Record | DeadLetter] = field(default_factory=list)
     stats: CollectorStats = field(default_factory=CollectorStats)
 
-    def record(self, rec: Record) -> None:
-        self.records.append(rec)
-        self.output.append(rec)
+    def record(self, record: Record) -> None:
+        super().record(record)
+        self.output.append(record)
 
     def dead_letter(self, letter: DeadLetter) -> None:
-        self.dead_letters.append(letter)
+        super().dead_letter(letter)
         self.output.append(letter)
-
-    @property
-    def messages(self) -> list[OcppMessage]:
-        return [r for r in self.records if isinstance(r, OcppMessage)]
-
-    @property
-    def events(self) -> list[ConnectionEvent]:
-        return [r for r in self.records if isinstance(r, ConnectionEvent)]
 
     def lines(self) -> list[str]:
         """Records and dead letters as JSON lines (sorted keys), in output order."""

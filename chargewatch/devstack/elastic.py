@@ -29,6 +29,7 @@ from chargewatch.devstack.common import (
     ServiceInfo,
     StackPaths,
     port_open,
+    process_alive,
     read_pid,
     run_checked,
     spawn,
@@ -71,7 +72,7 @@ def up(paths: StackPaths, port: int = 19200) -> ServiceInfo:
     _prepare_service_dir(svc, home, port)
     pid = spawn(_command(home, svc), _stdout_log(svc), _pid_file(svc), env=_env(svc), cwd=svc)
     wait_until(lambda: _healthy(port), START_TIMEOUT, f"Elasticsearch on {HOST}:{port}",
-               _stdout_log(svc), alive=lambda: _launcher_alive(pid))
+               _stdout_log(svc), alive=lambda: process_alive(pid))
     return ServiceInfo(NAME, _address(port), _server_log(svc), pid)
 
 
@@ -287,25 +288,10 @@ def _stop_server_jvm(svc: Path) -> bool:
     return True
 
 
-def _launcher_alive(pid: int) -> bool:
-    """Tell whether the launcher runs; reaps it when it is our exited child (no zombie)."""
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:  # not our child: a plain liveness probe
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return done == 0
-
-
 def _await_exit(pid: int, timeout: float) -> None:
     """Wait up to timeout seconds for the launcher to exit once its JVM is gone."""
     deadline = time.monotonic() + timeout
-    while _launcher_alive(pid) and time.monotonic() < deadline:
+    while process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
 
 

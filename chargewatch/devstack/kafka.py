@@ -16,10 +16,9 @@ import hashlib
 import os
 import re
 import shutil
-import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
@@ -206,9 +205,8 @@ def _start(paths: StackPaths, layout: _Layout, port: int, controller_port: int) 
     layout.props.write_text(server_properties(layout.root, port, controller_port))
     layout.log4j.write_text(log4j_config(layout.log))
     _format_storage(libs, layout)
-    pid = spawn(_java_cmd(libs, layout, "kafka.Kafka", [str(layout.props)]), layout.log,
-                layout.pid_file, cwd=layout.root)
-    _reap_in_background(pid)
+    spawn(_java_cmd(libs, layout, "kafka.Kafka", [str(layout.props)]), layout.log,
+          layout.pid_file, cwd=layout.root)
 
 
 def _format_storage(libs: Path, layout: _Layout) -> None:
@@ -258,15 +256,6 @@ def _healthy(port: int) -> bool:
         return False
     finally:
         admin.close()
-
-
-def _reap_in_background(pid: int) -> None:
-    """Reap our child when it exits, so read_pid never mistakes a zombie for a live broker."""
-    def reap() -> None:
-        with suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-
-    threading.Thread(target=reap, name=f"kafka-reaper-{pid}", daemon=True).start()
 
 
 @contextmanager
