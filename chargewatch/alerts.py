@@ -8,7 +8,7 @@ message yields the very same document and indexing it again changes nothing.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,6 +53,15 @@ class Alert:
     reason: str
     evidence: dict[str, Any] = field(default_factory=dict)
     source_ref: str = ""
+    # Storm collapsing: how often the rule fired on this key in the alert's window, the last
+    # time, and the evidence of the latest occurrence (the fields above describe the first).
+    count: int = 1
+    last_ts: float | None = None
+    latest: dict[str, Any] | None = None
+
+    def with_storm(self, new_id: str, count: int, last_ts: float, latest: dict[str, Any] | None = None) -> Alert:
+        """This alert as the collapsed alert of a storm (same first occurrence)."""
+        return replace(self, id=new_id, count=count, last_ts=last_ts, latest=latest)
 
     def to_document(self) -> dict[str, Any]:
         """The ECS document indexed into Elasticsearch and written by ``--format jsonl``."""
@@ -63,6 +72,7 @@ class Alert:
                 "kind": "alert", "id": self.id, "module": "chargewatch", "dataset": "chargewatch.alert",
                 "category": ["network", "intrusion_detection"], "type": ["info"],
                 "severity": self.severity, "risk_score": self.risk_score, "reference": self.source_ref,
+                "start": iso_time(self.ts), "end": iso_time(self.last_ts if self.last_ts is not None else self.ts),
             },
             "rule": {"id": self.rule_id, "name": self.rule_name, "category": self.category,
                      "ruleset": "chargewatch"},
@@ -73,14 +83,15 @@ class Alert:
                      "connection_id": self.connection_id},
             "source": {"ip": self.source_ip, "port": self.source_port},
             "destination": {"ip": self.destination_ip, "port": self.destination_port},
-            "chargewatch": {"evidence": self.evidence, "severity_name": SEVERITY_NAMES[self.severity]},
+            "chargewatch": {"evidence": self.evidence, "severity_name": SEVERITY_NAMES[self.severity],
+                            "occurrences": self.count, "latest": self.latest},
         }
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> Alert:
         """Inverse of :meth:`to_document` (used by the Kafka alert consumers)."""
         ev, rule, ocpp = doc["event"], doc["rule"], doc["ocpp"]
-        ts = datetime.fromisoformat(doc["@timestamp"].replace("Z", "+00:00")).timestamp()
+        ts = _parse_time(doc["@timestamp"])
         return cls(
             id=ev["id"], ts=ts, rule_id=rule["id"], rule_name=rule["name"], category=rule["category"],
             severity=ev["severity"], risk_score=ev["risk_score"],
@@ -91,4 +102,10 @@ class Alert:
             source_port=doc["source"].get("port"), destination_ip=doc["destination"].get("ip"),
             destination_port=doc["destination"].get("port"), reason=doc["message"],
             evidence=doc["chargewatch"]["evidence"], source_ref=ev.get("reference", ""),
+            count=doc["chargewatch"].get("occurrences", 1), latest=doc["chargewatch"].get("latest"),
+            last_ts=_parse_time(ev["end"]) if doc["chargewatch"].get("occurrences", 1) > 1 else None,
         )
+
+
+def _parse_time(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

@@ -75,6 +75,8 @@ class DetectorConfig:
     # What detector state is keyed by (a name from chargewatch.model.RECORD_KEYS); must match
     # the key of the topic the stage consumes so one process owns each key.
     state_key: str = "charge_point"
+    # Operator policy (TOML): allowlists, maintenance windows, sites, rule switches. Empty: defaults.
+    policy_file: str = ""
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ from chargewatch.model import Record, key_function
 from chargewatch.redaction import Redactor
 from collectors.pcap import read_capture
 from collectors.stats import CollectorStats, DeadLetter
+from detectors.policy import load_policy
 from detectors.registry import default_detectors
-from detectors.rules import load_rules
+from detectors.rules import apply_overrides, load_rules
 from detectors.runner import DetectorRunner
 
 
@@ -24,9 +25,14 @@ class AnalysisResult:
     """What an in-process analysis found."""
 
     stats: CollectorStats = field(default_factory=CollectorStats)
-    alerts: list[Alert] = field(default_factory=list)
+    # Latest version of each alert (storms update an alert in place), in first-seen order.
+    by_id: dict[str, Alert] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
+
+    @property
+    def alerts(self) -> list[Alert]:
+        return list(self.by_id.values())
 
 
 class _RunnerSink:
@@ -37,16 +43,20 @@ class _RunnerSink:
     def record(self, record: Record) -> None:
         if self.on_record is not None:
             self.on_record(record)
-        self.result.alerts.extend(self.runner.process(record))
+        for alert in self.runner.process(record):
+            self.result.by_id[alert.id] = alert
 
     def dead_letter(self, letter: DeadLetter) -> None:
         self.result.dead_letters.append(letter)
 
 
 def build_runner(config: Config) -> DetectorRunner:
-    """A runner with every registered detector and the shipped rules, keyed as configured."""
-    rules = load_rules()
-    return DetectorRunner(default_detectors(rules, load_catalog()), rules, key_function(config.detector.state_key))
+    """A runner with every registered detector, the shipped rules and the operator's policy."""
+    policy_path = Path(config.detector.policy_file).expanduser() if config.detector.policy_file else None
+    policy = load_policy(policy_path)
+    rules = apply_overrides(load_rules(), policy.rules, str(policy_path))
+    detectors = default_detectors(rules, load_catalog(), policy)
+    return DetectorRunner(detectors, rules, key_function(config.detector.state_key))
 
 
 def analyze(paths: Iterable[Path], config: Config, progress: Callable[[int], None] | None = None,

@@ -17,6 +17,8 @@ ALERT_FIELDS: dict[str, dict[str, Any]] = {
     "event.severity": {"type": "long"},
     "event.risk_score": {"type": "float"},
     "event.reference": {"type": "keyword"},
+    "event.start": {"type": "date"},
+    "event.end": {"type": "date"},
     "rule.id": {"type": "keyword"},
     "rule.name": {"type": "keyword"},
     "rule.category": {"type": "keyword"},
@@ -36,6 +38,13 @@ ALERT_FIELDS: dict[str, dict[str, Any]] = {
     # Evidence varies by rule: kept in _source, not indexed (no mapping explosion).
     "chargewatch.evidence": {"type": "object", "enabled": False},
     "chargewatch.severity_name": {"type": "keyword"},
+    "chargewatch.occurrences": {"type": "long"},
+    "chargewatch.latest": {"type": "object", "enabled": False},
+    # Set by people (CLI/dashboard), never by the pipeline: the indexer carries it over.
+    "triage.status": {"type": "keyword"},
+    "triage.note": {"type": "text"},
+    "triage.updated_by": {"type": "keyword"},
+    "triage.updated_at": {"type": "date"},
 }
 
 

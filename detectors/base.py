@@ -1,7 +1,8 @@
-"""What a detector is: a function of (record, its own per-key state) to findings.
+"""What a detector is: a function of (record, the key's context, its own state) to findings.
 
-State is a plain JSON-compatible dict owned by the runner, one per (state key, detector),
-so it can be dropped on rebalance and rebuilt by replaying the retained topic.
+The runner owns all state: one :class:`~detectors.context.ChargePointContext` per key and one
+plain dict per (key, detector). State is rebuilt by replaying the retained topic after a
+crash or rebalance, so it needs no serialisation; it must stay bounded.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from chargewatch.model import ConnectionEvent, OcppMessage
+from detectors.context import ChargePointContext
 
 State = dict[str, Any]
 
@@ -29,6 +31,6 @@ class Detector(Protocol):
     name: str
     rule_ids: tuple[str, ...]
 
-    def on_message(self, msg: OcppMessage, state: State) -> list[Finding]: ...
+    def on_message(self, msg: OcppMessage, ctx: ChargePointContext, state: State) -> list[Finding]: ...
 
-    def on_connection(self, event: ConnectionEvent, state: State) -> list[Finding]: ...
+    def on_connection(self, event: ConnectionEvent, ctx: ChargePointContext, state: State) -> list[Finding]: ...

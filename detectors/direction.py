@@ -5,6 +5,7 @@ from __future__ import annotations
 from chargewatch.catalog import Catalog
 from chargewatch.model import ConnectionEvent, MessageType, OcppMessage
 from detectors.base import Finding, State
+from detectors.context import ChargePointContext
 
 WRONG_DIRECTION = "CW-PROTO-001"
 
@@ -18,10 +19,10 @@ class DirectionDetector:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
 
-    def on_connection(self, event: ConnectionEvent, state: State) -> list[Finding]:
+    def on_connection(self, event: ConnectionEvent, ctx: ChargePointContext, state: State) -> list[Finding]:
         return []
 
-    def on_message(self, msg: OcppMessage, state: State) -> list[Finding]:
+    def on_message(self, msg: OcppMessage, ctx: ChargePointContext, state: State) -> list[Finding]:
         if msg.message_type not in (MessageType.CALL, MessageType.SEND) or msg.action is None:
             return []
         info = self.catalog.get(msg.ocpp_version, msg.action)

@@ -13,6 +13,7 @@ from typing import Any
 
 from chargewatch.model import ConnectionEvent, MessageType, OcppMessage
 from detectors.base import Finding, State
+from detectors.context import ChargePointContext
 from detectors.rules import Rule
 
 DIFFERENT = "CW-REPLAY-001"
@@ -34,10 +35,10 @@ class ReplayDetector:
     def __init__(self, rules: dict[str, Rule]) -> None:
         self.history_size = int(rules[DIFFERENT].param("history_size"))
 
-    def on_connection(self, event: ConnectionEvent, state: State) -> list[Finding]:
+    def on_connection(self, event: ConnectionEvent, ctx: ChargePointContext, state: State) -> list[Finding]:
         return []
 
-    def on_message(self, msg: OcppMessage, state: State) -> list[Finding]:
+    def on_message(self, msg: OcppMessage, ctx: ChargePointContext, state: State) -> list[Finding]:
         if msg.message_type == MessageType.CALL:
             return self._call(msg, state)
         if msg.message_type in (MessageType.CALLRESULT, MessageType.CALLERROR):

@@ -3,7 +3,7 @@ typed objects and validated at load time with errors that name the file and the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -20,6 +20,7 @@ RISK_BANDS = {1: (1, 39), 2: (40, 69), 3: (70, 89), 4: (90, 100)}
 OCPP_VERSIONS = ("1.6", "2.0.1", "2.1")
 REQUIRED = ("id", "name", "category", "severity", "risk_score", "techniques", "description",
             "false_positives", "triage", "versions", "enabled", "parameters")
+OPTIONAL = {"collapse_s": 300}  # storm window: findings of the rule per key within it make one alert
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Rule:
     enabled: bool
     parameters: tuple[Parameter, ...]
     path: str
+    collapse_s: int = 300
 
     def param(self, name: str) -> Any:
         """Default value of a parameter (operator overrides come with the policy config)."""
@@ -66,7 +68,7 @@ def load_rule(path: Path, text: str) -> Rule:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a rule file must be a mapping")
     missing = [k for k in REQUIRED if k not in data]
-    unknown = sorted(set(data) - set(REQUIRED))
+    unknown = sorted(set(data) - set(REQUIRED) - set(OPTIONAL))
     if missing or unknown:
         raise ConfigError(f"{path}: missing field(s) {missing}, unknown field(s) {unknown}")
     severity = SEVERITIES.get(str(data["severity"]))
@@ -85,7 +87,14 @@ def load_rule(path: Path, text: str) -> Rule:
         description=str(data["description"]).strip(), false_positives=tuple(data["false_positives"]),
         triage=str(data["triage"]).strip(), versions=tuple(data["versions"]), enabled=bool(data["enabled"]),
         parameters=_parameters(path, data["parameters"]), path=str(path),
+        collapse_s=_collapse(path, data.get("collapse_s", OPTIONAL["collapse_s"])),
     )
+
+
+def _collapse(path: Path, value: Any) -> int:
+    if not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{path}: field collapse_s must be a non-negative integer (seconds; 0 = never collapse)")
+    return value
 
 
 def _parameters(path: Path, raw: Any) -> tuple[Parameter, ...]:
@@ -111,3 +120,23 @@ def load_rules() -> dict[str, Rule]:
                 raise ConfigError(f"{entry}: duplicate rule id {rule.id} (also in {rules[rule.id].path})")
             rules[rule.id] = rule
     return rules
+
+
+def apply_overrides(rules: dict[str, Rule], overrides: dict[str, Any], where: str) -> dict[str, Rule]:
+    """Rules with the operator's on/off switches and parameter values applied.
+
+    overrides maps rule id -> an object with ``enabled`` (bool or None) and ``parameters``.
+    """
+    out = dict(rules)
+    for rule_id, override in overrides.items():
+        rule = rules.get(rule_id)
+        if rule is None:
+            raise ConfigError(f"{where}: rules.{rule_id}: no such rule (known: {', '.join(sorted(rules))})")
+        known = {p.name for p in rule.parameters}
+        unknown = sorted(set(override.parameters) - known)
+        if unknown:
+            raise ConfigError(f"{where}: rules.{rule_id}.parameters: unknown {unknown}; known: {sorted(known)}")
+        params = tuple(replace(p, default=override.parameters.get(p.name, p.default)) for p in rule.parameters)
+        enabled = rule.enabled if override.enabled is None else override.enabled
+        out[rule_id] = replace(rule, enabled=enabled, parameters=params)
+    return out

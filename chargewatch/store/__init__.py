@@ -30,7 +30,9 @@ class AlertStore(Protocol):
         ...
 
     def put_alerts(self, alerts: Sequence[Alert]) -> int:
-        """Store alerts durably; already-stored ids are left untouched. Returns how many were new."""
+        """Store alerts durably, upserting by id: a stored alert gets the new pipeline fields
+        (a storm's count and last occurrence) and keeps what people added (``triage``).
+        Returns how many alerts were written."""
         ...
 
     def search(self, query: AlertQuery) -> list[dict[str, Any]]:

@@ -16,6 +16,8 @@ from chargewatch.errors import ServiceError, StoreError
 from chargewatch.schema import alert_index_template
 from chargewatch.store import AlertQuery
 
+MAX_ATTEMPTS = 5
+
 
 class ElasticAlertStore:
     """Alert store in one Elasticsearch index."""
@@ -44,18 +46,47 @@ class ElasticAlertStore:
         return f"index template {self.index} installed; alerts index {self.index} ready at {self.cfg.url}"
 
     def put_alerts(self, alerts: Sequence[Alert]) -> int:
-        if not alerts:
-            return 0
+        pending = {a.id: a for a in alerts}  # a batch may hold several versions of a storm: the last wins
+        written = 0
+        for _attempt in range(MAX_ATTEMPTS):
+            if not pending:
+                return written
+            conflicts = self._write(pending)
+            written += len(pending) - len(conflicts)
+            pending = {i: pending[i] for i in conflicts}
+        raise StoreError(f"{len(pending)} alert(s) in {self.index} kept changing under us; e.g. {next(iter(pending))}")
+
+    def _write(self, alerts: dict[str, Alert]) -> set[str]:
+        """One optimistic round: new alerts are created, stored ones replaced only if unchanged
+        since read, carrying over ``triage``. Returns the ids that hit a concurrent change."""
         from elasticsearch import helpers
 
-        actions = [{"_op_type": "create", "_index": self.index, "_id": a.id, "_source": a.to_document()}
-                   for a in alerts]
-        created, errors = helpers.bulk(self.client, actions, raise_on_error=False, raise_on_exception=False,
-                                       stats_only=False)
-        real = [e for e in errors if _status(e) != 409]  # type: ignore[union-attr]
+        existing = self._current(list(alerts))
+        actions = []
+        for alert_id_, alert in alerts.items():
+            doc = alert.to_document()
+            action: dict[str, Any] = {"_index": self.index, "_id": alert_id_, "_source": doc}
+            if alert_id_ in existing:
+                seq_no, term, triage = existing[alert_id_]
+                if triage is not None:
+                    doc["triage"] = triage
+                action |= {"_op_type": "index", "if_seq_no": seq_no, "if_primary_term": term}
+            else:
+                action["_op_type"] = "create"
+            actions.append(action)
+        _ok, result = helpers.bulk(self.client, actions, raise_on_error=False, raise_on_exception=False,
+                                   stats_only=False)
+        errors: list[dict[str, Any]] = result if isinstance(result, list) else []
+        real = [e for e in errors if _status(e) != 409]
         if real:
             raise StoreError(f"Elasticsearch refused {len(real)} alert(s) in {self.index}: {real[0]}")
-        return int(created)
+        return {_doc_id(e) for e in errors if _status(e) == 409}
+
+    def _current(self, ids: list[str]) -> dict[str, tuple[int, int, Any]]:
+        """Stored alerts among ids: (seq_no, primary_term, triage or None)."""
+        resp = self.client.mget(index=self.index, ids=ids, source_includes=["triage"])
+        return {d["_id"]: (d["_seq_no"], d["_primary_term"], d.get("_source", {}).get("triage"))
+                for d in resp["docs"] if d.get("found")}
 
     def refresh(self) -> None:
         self.client.indices.refresh(index=self.index)
@@ -76,6 +107,13 @@ class ElasticAlertStore:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _doc_id(error: dict[str, Any]) -> str:
+    for body in error.values():
+        if isinstance(body, dict):
+            return str(body.get("_id", ""))
+    return ""
 
 
 def _status(error: dict[str, Any]) -> int:

@@ -45,9 +45,10 @@ class SqliteAlertStore:
         rows = [(a.id, a.ts, a.rule_id, a.category, a.severity, a.charge_point_id,
                  json.dumps(a.to_document(), sort_keys=True)) for a in alerts]
         with self.db:
-            before = self.db.total_changes
-            self.db.executemany("INSERT OR IGNORE INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            return self.db.total_changes - before
+            self.db.executemany(
+                "INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET doc = excluded.doc",
+                rows)
+        return len(rows)
 
     def search(self, query: AlertQuery) -> list[dict[str, Any]]:
         clauses, args = _where(query)
