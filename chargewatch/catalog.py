@@ -57,15 +57,19 @@ class Catalog:
         return sorted(self.actions)
 
 
+def request_schema_action(filename: str) -> str:
+    """Action of a request schema file: 1.6 names it ``Action.json``, 2.x ``ActionRequest.json``."""
+    stem = filename.removesuffix(".json")
+    return stem.removesuffix("Request") if stem.endswith("Request") else stem
+
+
 def build_catalog(schema_root: Path, directions_file: Path) -> dict[str, list[dict[str, object]]]:
     """Actions per version from the ``ocpp`` package schemas, directions from the table."""
     table = json.loads(directions_file.read_text())
     out: dict[str, list[dict[str, object]]] = {}
     for version, folder in VERSION_DIRS.items():
-        names = sorted(p.name[: -len("Request.json")] for p in (schema_root / folder / "schemas").glob("*Request.json"))
-        send_only = {p.name[: -len(".json")] for p in (schema_root / folder / "schemas").glob("*.json")
-                     if not p.name.endswith(("Request.json", "Response.json"))}
-        names += sorted(send_only)
+        names = sorted(request_schema_action(p.name) for p in (schema_root / folder / "schemas").glob("*.json")
+                       if not p.name.endswith("Response.json"))
         known = {row["action"]: row for row in table[folder]["actions"]}
         missing = [n for n in names if n not in known]
         if missing:
