@@ -41,7 +41,8 @@ def validator(version: str, action: str, response: bool) -> Validator | None:
         return None
     schema = json.loads(path.read_text())
     schema.pop("$id", None)
-    return fastjsonschema.compile(schema)  # type: ignore[no-any-return]
+    compiled: Validator = fastjsonschema.compile(schema)
+    return compiled
 
 
 def validate(version: str | None, action: str | None, response: bool, payload: Any) -> str | None:
@@ -54,5 +55,5 @@ def validate(version: str | None, action: str | None, response: bool, payload: A
     try:
         check(payload)
     except fastjsonschema.JsonSchemaException as exc:
-        return str(exc.message)
+        return str(exc)
     return None
