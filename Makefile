@@ -35,14 +35,16 @@ lint:
 unit:
 	$(PYTHON) -m pytest -m "not services" -q
 
-bench:  ## full benchmark: analyze vs tshark on a 120k-packet capture
+bench:  ## full benchmarks: analyze vs tshark on a 120k-packet capture; detector throughput and memory
 	$(PYTHON) bench/bench_analyze.py
+	$(PYTHON) bench/bench_detectors.py
 
 # The whole suite: installs, starts the real services, runs everything, stops them.
 test: install-dev system-deps lint
 	@set -e; $(PYTHON) -m chargewatch.devstack up; \
 	status=0; $(PYTHON) -m pytest -q || status=$$?; \
 	$(PYTHON) bench/bench_analyze.py --smoke || status=$$?; \
+	$(PYTHON) bench/bench_detectors.py --smoke || status=$$?; \
 	$(PYTHON) -m chargewatch.devstack down || true; \
 	exit $$status
 
