@@ -58,6 +58,8 @@ class Alert:
     count: int = 1
     last_ts: float | None = None
     latest: dict[str, Any] | None = None
+    # ECS event.kind: "alert" (act on it) or "event" (a recorded fact, e.g. an expected reboot).
+    kind: str = "alert"
 
     def with_storm(self, new_id: str, count: int, last_ts: float, latest: dict[str, Any] | None = None) -> Alert:
         """This alert as the collapsed alert of a storm (same first occurrence)."""
@@ -69,7 +71,7 @@ class Alert:
             "@timestamp": iso_time(self.ts),
             "message": self.reason,
             "event": {
-                "kind": "alert", "id": self.id, "module": "chargewatch", "dataset": "chargewatch.alert",
+                "kind": self.kind, "id": self.id, "module": "chargewatch", "dataset": "chargewatch.alert",
                 "category": ["network", "intrusion_detection"], "type": ["info"],
                 "severity": self.severity, "risk_score": self.risk_score, "reference": self.source_ref,
                 "start": iso_time(self.ts), "end": iso_time(self.last_ts if self.last_ts is not None else self.ts),
@@ -103,6 +105,7 @@ class Alert:
             destination_port=doc["destination"].get("port"), reason=doc["message"],
             evidence=doc["chargewatch"]["evidence"], source_ref=ev.get("reference", ""),
             count=doc["chargewatch"].get("occurrences", 1), latest=doc["chargewatch"].get("latest"),
+            kind=ev.get("kind", "alert"),
             last_ts=_parse_time(ev["end"]) if doc["chargewatch"].get("occurrences", 1) > 1 else None,
         )
 

@@ -33,6 +33,10 @@ class KafkaConfig:
     session_timeout_ms: int = 10_000
     # Key of the messages topic (a name from chargewatch.model.RECORD_KEYS).
     messages_key: str = "charge_point"
+    # Records the per-charge-point detector stage routes to a correlation key (an idTag, a
+    # command's action), keyed "<stage>:<key>", consumed by `chargewatch detect --stage correlation`.
+    correlation_topic: str = "ocpp.correlation"
+    correlation_group: str = "chargewatch-correlation"
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from chargewatch.redaction import Redactor
 from collectors.pcap import read_capture
 from collectors.stats import CollectorStats, DeadLetter
 from detectors.policy import load_policy
-from detectors.registry import default_detectors
 from detectors.rules import apply_overrides, load_rules
 from detectors.runner import DetectorRunner
+from detectors.stages import Stages, build_stages
 
 
 @dataclass
@@ -36,14 +36,14 @@ class AnalysisResult:
 
 
 class _RunnerSink:
-    def __init__(self, runner: DetectorRunner, result: AnalysisResult,
+    def __init__(self, stages: Stages, result: AnalysisResult,
                  on_record: Callable[[Record], None] | None) -> None:
-        self.runner, self.result, self.on_record = runner, result, on_record
+        self.stages, self.result, self.on_record = stages, result, on_record
 
     def record(self, record: Record) -> None:
         if self.on_record is not None:
             self.on_record(record)
-        for alert in self.runner.process(record):
+        for alert in self.stages.process(record):
             self.result.by_id[alert.id] = alert
 
     def dead_letter(self, letter: DeadLetter) -> None:
@@ -51,12 +51,16 @@ class _RunnerSink:
 
 
 def build_runner(config: Config) -> DetectorRunner:
-    """A runner with every registered detector, the shipped rules and the operator's policy."""
+    """The per-charge-point runner: every registered detector, the shipped rules and the policy."""
+    return load_stages(config).local.runner
+
+
+def load_stages(config: Config) -> Stages:
+    """Every detector stage (per charge point, then correlation) with the rules and the policy."""
     policy_path = Path(config.detector.policy_file).expanduser() if config.detector.policy_file else None
     policy = load_policy(policy_path)
     rules = apply_overrides(load_rules(), policy.rules, str(policy_path))
-    detectors = default_detectors(rules, load_catalog(), policy)
-    return DetectorRunner(detectors, rules, key_function(config.detector.state_key))
+    return build_stages(rules, load_catalog(), policy, key_function(config.detector.state_key))
 
 
 def analyze(paths: Iterable[Path], config: Config, progress: Callable[[int], None] | None = None,
@@ -64,7 +68,7 @@ def analyze(paths: Iterable[Path], config: Config, progress: Callable[[int], Non
     """Decode every capture and run the detectors over it, in file order."""
     redactor = Redactor(resolve_redaction_key(config.redaction), enabled=config.redaction.enabled)
     result = AnalysisResult()
-    sink = _RunnerSink(build_runner(config), result, on_record)
+    sink = _RunnerSink(load_stages(config), result, on_record)
     for path in paths:
         try:
             stats = read_capture(path, sink, redactor, load_catalog(), config.collector.max_message_bytes,

@@ -156,10 +156,13 @@ def record_key(record: Record) -> str:
 
 
 KeyFn = Callable[[Record], str]
+# A routing function: the keys a record goes to in a correlation stage, () when it goes nowhere
+# (a record may name several keys, or none, unlike a stage's partitioning key).
+RoutingFn = Callable[[Record], tuple[str, ...]]
 
 # The keys a stage may declare, by name. Re-keying a stage is naming another entry in its
-# configuration (``[kafka] messages_key``, ``[detector] state_key``); correlation stages add
-# their key functions here.
+# configuration (``[kafka] messages_key``, ``[detector] state_key``); correlation stages route
+# with RECORD_ROUTES below.
 RECORD_KEYS: dict[str, KeyFn] = {"charge_point": record_key}
 
 
@@ -169,6 +172,51 @@ def key_function(name: str) -> KeyFn:
         return RECORD_KEYS[name]
     except KeyError:
         raise ConfigError(f"unknown record key {name!r}; known: {', '.join(sorted(RECORD_KEYS))}") from None
+
+
+def record_id_tag(record: Record) -> str | None:
+    """The (pseudonymised) idTag/idToken a CALL names: Authorize, Start/StopTransaction,
+    TransactionEvent, RemoteStart/RequestStartTransaction; None for anything else."""
+    if not isinstance(record, OcppMessage) or record.message_type != MessageType.CALL:
+        return None
+    payload = record.payload
+    if not isinstance(payload, dict):
+        return None
+    tag = payload.get("idTag")
+    if tag is None:
+        token = payload.get("idToken")
+        tag = token.get("idToken") if isinstance(token, dict) else None
+    return tag if isinstance(tag, str) and tag else None
+
+
+def id_tag_route(record: Record) -> tuple[str, ...]:
+    """Correlation key "id_tag": the token a record names (records naming none are not routed)."""
+    tag = record_id_tag(record)
+    return (tag,) if tag is not None else ()
+
+
+def fleet_route(record: Record) -> tuple[str, ...]:
+    """Correlation key "fleet": every central-system command, sharded by its action.
+
+    One key per action keeps fleet-wide rules exact (all Resets meet in one process) while the
+    stage still spreads over as many processes as there are distinct actions, no further.
+    """
+    if (isinstance(record, OcppMessage) and record.message_type == MessageType.CALL
+            and record.direction is Direction.CSMS_TO_CP and record.action):
+        return (record.action,)
+    return ()
+
+
+RECORD_ROUTES: dict[str, RoutingFn] = {"charge_point": lambda r: (record_key(r),), "id_tag": id_tag_route,
+                                       "fleet": fleet_route}
+
+
+def routing_function(name: str) -> RoutingFn:
+    """The routing function called name; ConfigError naming the known ones otherwise."""
+    try:
+        return RECORD_ROUTES[name]
+    except KeyError:
+        raise ConfigError(f"unknown record route {name!r}; known: {', '.join(sorted(RECORD_ROUTES))}") from None
 
 
 def record_from_dict(data: dict[str, Any]) -> Record:

@@ -7,6 +7,7 @@ truncated record is reported with its byte offset; pcapng goes through scapy's
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import struct
@@ -107,6 +108,8 @@ class CaptureReader:
         from scapy.error import Scapy_Exception
         from scapy.utils import RawPcapNgReader
 
+        # scapy logs what we report ourselves (with the byte offset) as a counted problem.
+        logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
         try:
             reader = RawPcapNgReader(str(self.path))
         except (Scapy_Exception, EOFError) as exc:

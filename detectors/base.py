@@ -23,6 +23,9 @@ class Finding:
     rule_id: str
     reason: str
     evidence: dict[str, Any] = field(default_factory=dict)
+    # The message the alert describes when it is not the record being processed (a correlation
+    # rule that learns late that an earlier message belongs to a burst); None: the current record.
+    about: OcppMessage | None = None
 
 
 class Detector(Protocol):

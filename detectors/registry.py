@@ -4,12 +4,26 @@ from __future__ import annotations
 
 from chargewatch.catalog import Catalog
 from detectors.base import Detector
+from detectors.commands import command_detectors
+from detectors.correlation import AuthorizeSpreadDetector, CommandBurstDetector, TokenSessionDetector
 from detectors.direction import DirectionDetector
+from detectors.mitm import mitm_detectors
 from detectors.policy import Policy
+from detectors.protocol import protocol_detectors
 from detectors.replay import ReplayDetector
+from detectors.replay_state import ReplayStateDetector
 from detectors.rules import Rule
+from detectors.transactions import TransactionDetector
 
 
 def default_detectors(rules: dict[str, Rule], catalog: Catalog, policy: Policy) -> list[Detector]:
     """Every shipped per-charge-point detector, configured from its rules and the policy."""
-    return [ReplayDetector(rules), DirectionDetector(catalog)]
+    return [ReplayDetector(rules), DirectionDetector(catalog), *mitm_detectors(rules, policy),
+            *command_detectors(rules, catalog, policy), *protocol_detectors(rules, catalog),
+            TransactionDetector(rules, policy), ReplayStateDetector(rules)]
+
+
+def correlation_detectors(rules: dict[str, Rule], catalog: Catalog, policy: Policy) -> list[Detector]:
+    """Every shipped cross-charge-point detector; each names the stage it runs in (``route``:
+    "id_tag" or "fleet", see detectors/stages.py)."""
+    return [CommandBurstDetector(rules, policy), AuthorizeSpreadDetector(rules), TokenSessionDetector(rules, policy)]

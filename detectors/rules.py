@@ -20,7 +20,10 @@ RISK_BANDS = {1: (1, 39), 2: (40, 69), 3: (70, 89), 4: (90, 100)}
 OCPP_VERSIONS = ("1.6", "2.0.1", "2.1")
 REQUIRED = ("id", "name", "category", "severity", "risk_score", "techniques", "description",
             "false_positives", "triage", "versions", "enabled", "parameters")
-OPTIONAL = {"collapse_s": 300}  # storm window: findings of the rule per key within it make one alert
+# collapse_s: storm window (findings of the rule per key within it make one alert);
+# kind: "alert" for things to act on, "event" for facts worth recording (ECS event.kind).
+OPTIONAL: dict[str, Any] = {"collapse_s": 300, "kind": "alert"}
+KINDS = ("alert", "event")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class Rule:
     parameters: tuple[Parameter, ...]
     path: str
     collapse_s: int = 300
+    kind: str = "alert"
 
     def param(self, name: str) -> Any:
         """Default value of a parameter (operator overrides come with the policy config)."""
@@ -88,7 +92,16 @@ def load_rule(path: Path, text: str) -> Rule:
         triage=str(data["triage"]).strip(), versions=tuple(data["versions"]), enabled=bool(data["enabled"]),
         parameters=_parameters(path, data["parameters"]), path=str(path),
         collapse_s=_collapse(path, data.get("collapse_s", OPTIONAL["collapse_s"])),
+        kind=_kind(path, data.get("kind", OPTIONAL["kind"]), severity),
     )
+
+
+def _kind(path: Path, value: Any, severity: int) -> str:
+    if value not in KINDS:
+        raise ConfigError(f"{path}: field kind must be one of {list(KINDS)}")
+    if value == "event" and severity != SEVERITIES["low"]:
+        raise ConfigError(f"{path}: field kind 'event' needs severity low (events inform, alerts demand action)")
+    return str(value)
 
 
 def _collapse(path: Path, value: Any) -> int:

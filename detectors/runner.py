@@ -9,6 +9,14 @@ Storms collapse: findings of one rule for one key within the rule's collapse win
 to the epoch, so every process agrees) become one alert whose id is derived from the window;
 each further finding re-emits that alert with a higher count and a later ``last_seen``, and
 consumers update it in place.
+
+Correlation stages (keys that are not charge points) receive the records of one key merged
+from many charge points, in an order that depends on how upstream partitions were consumed.
+Their runner is built with ``lateness_s`` > 0: a storm then keeps as its first and latest
+occurrence the earliest and latest by message time (not arrival), and storms expire relative
+to the newest record of the key, so the final alert is the same in any arrival order within
+that lateness. It is also built with ``track_context=False``: a :class:`ChargePointContext`
+named after the key is handed to detectors but never filled (it would mix charge points).
 """
 
 from __future__ import annotations
@@ -30,6 +38,9 @@ class Storm:
 
     alert: Alert
     count: int = 1
+    # Earliest and latest occurrence by message time (used when records may arrive late).
+    first: Alert | None = None
+    last: Alert | None = None
 
 
 @dataclass
@@ -39,25 +50,32 @@ class KeyState:
     context: ChargePointContext
     detectors: dict[str, State] = field(default_factory=dict)
     storms: dict[tuple[str, float], Storm] = field(default_factory=dict)
+    newest_ts: float = 0.0  # latest message time of the key (storm expiry under lateness)
 
 
 class DetectorRunner:
     """Runs the enabled detectors over records, producing alerts."""
 
-    def __init__(self, detectors: Iterable[Detector], rules: dict[str, Rule], key: KeyFn = record_key) -> None:
+    def __init__(self, detectors: Iterable[Detector], rules: dict[str, Rule], key: KeyFn = record_key,
+                 track_context: bool = True, lateness_s: float = 0.0) -> None:
         self.rules = rules
         self.detectors = [d for d in detectors if any(rules[r].enabled for r in d.rule_ids)]
         self.key = key
+        self.track_context = track_context
+        self.lateness_s = lateness_s
         self.states: dict[str, KeyState] = {}
         self.processed = 0
 
-    def process(self, record: Record, emit: bool = True) -> list[Alert]:
-        """Feed one record; returns its alerts (none when emit is False: state warm-up)."""
+    def process(self, record: Record, emit: bool = True, key: str | None = None) -> list[Alert]:
+        """Feed one record under its key (key given: a routed correlation key); returns its
+        alerts (none when emit is False: state warm-up)."""
         self.processed += 1
-        key = self.key(record)
+        if key is None:
+            key = self.key(record)
         state = self.states.get(key)
         if state is None:
             state = self.states[key] = KeyState(ChargePointContext(key))
+        state.newest_ts = max(state.newest_ts, record.ts)
         findings: list[Finding] = []
         for det in self.detectors:
             own = state.detectors.setdefault(det.name, {})
@@ -65,8 +83,10 @@ class DetectorRunner:
                 findings += det.on_message(record, state.context, own)
             else:
                 findings += det.on_connection(record, state.context, own)
-        state.context.apply(record)
-        alerts = [self._collapse(state, key, record, f) for f in findings if self.rules[f.rule_id].enabled]
+        if self.track_context:
+            state.context.apply(record)
+        alerts = [self._collapse(state, key, f.about or record, f)
+                  for f in findings if self.rules[f.rule_id].enabled]
         return alerts if emit else []
 
     def _collapse(self, state: KeyState, key: str, record: Record, finding: Finding) -> Alert:
@@ -77,19 +97,42 @@ class DetectorRunner:
         window = record.ts - record.ts % rule.collapse_s
         storm = state.storms.get((rule.id, window))
         if storm is None:
-            _expire_storms(state, record.ts, rule.collapse_s)
+            _expire_storms(state, state.newest_ts if self.lateness_s else record.ts,
+                           rule.collapse_s + self.lateness_s / 2)
             first = fresh.with_storm(alert_id(rule.id, key, f"window|{window:.0f}"), 1, fresh.ts)
-            state.storms[(rule.id, window)] = Storm(first)
+            state.storms[(rule.id, window)] = Storm(first, first=fresh, last=fresh)
             return first
         storm.count += 1
-        latest = {"message_id": fresh.message_id, "ts": fresh.ts, "reason": fresh.reason, "evidence": fresh.evidence}
-        storm.alert = storm.alert.with_storm(storm.alert.id, storm.count, fresh.ts, latest)
+        if self.lateness_s:
+            return _collapse_by_time(storm, fresh)
+        storm.alert = storm.alert.with_storm(storm.alert.id, storm.count, fresh.ts, _latest(fresh))
         return storm.alert
 
     def drop(self, keys: Iterable[str]) -> None:
         """Forget the state of keys this process no longer owns."""
         for key in keys:
             self.states.pop(key, None)
+
+
+def _latest(alert: Alert) -> dict[str, Any]:
+    return {"message_id": alert.message_id, "ts": alert.ts, "reason": alert.reason, "evidence": alert.evidence}
+
+
+def _order(alert: Alert) -> tuple[float, str, str, str]:
+    """Message-time order of occurrences, with ties broken by content (never by arrival)."""
+    return alert.ts, alert.charge_point_id, alert.message_id or "", alert.reason
+
+
+def _collapse_by_time(storm: Storm, fresh: Alert) -> Alert:
+    """Storm update that keeps the earliest and the latest occurrence by message time."""
+    if storm.first is None or storm.last is None:
+        raise ValueError("storm without occurrences")
+    if _order(fresh) < _order(storm.first):
+        storm.first = fresh
+    if _order(fresh) > _order(storm.last):
+        storm.last = fresh
+    storm.alert = storm.first.with_storm(storm.alert.id, storm.count, storm.last.ts, _latest(storm.last))
+    return storm.alert
 
 
 def _expire_storms(state: KeyState, now: float, window: float) -> None:
@@ -102,7 +145,8 @@ def build_alert(rule: Rule, key: str, record: Record, finding: Finding) -> Alert
     common: dict[str, Any] = {"rule_id": rule.id, "rule_name": rule.name, "category": rule.category,
                               "severity": rule.severity, "risk_score": rule.risk_score,
                               "techniques": rule.techniques, "reason": finding.reason,
-                              "evidence": finding.evidence, "source_ref": record.source, "ts": record.ts}
+                              "evidence": finding.evidence, "source_ref": record.source, "ts": record.ts,
+                              "kind": rule.kind}
     if isinstance(record, OcppMessage):
         trigger = f"{record.direction.value}|{record.message_id}|{record.ts:.6f}"
         return Alert(id=alert_id(rule.id, key, trigger), charge_point_id=record.charge_point_id or key,

@@ -41,7 +41,7 @@ def validator(version: str, action: str, response: bool) -> Validator | None:
         return None
     schema = json.loads(path.read_text())
     schema.pop("$id", None)
-    compiled: Validator = fastjsonschema.compile(schema)
+    compiled: Validator = fastjsonschema.compile(schema, use_default=False)  # never fill defaults into records
     return compiled
 
 

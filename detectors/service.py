@@ -1,10 +1,17 @@
-"""The detector stage on Kafka: a consumer group over the messages topic.
+"""The detector stages on Kafka: consumer groups over the messages and correlation topics.
 
-State is per charge point and the topic is keyed by charge point, so each process owns whole
-charge points. When a partition is assigned, its state is rebuilt by replaying the retained
-records before the committed offset with alerts suppressed; detector state therefore
-survives any crash or rebalance, bounded by the topic's retention (keep the messages topic
-retained at least as long as the longest detector window).
+The per-charge-point stage consumes the messages topic: state is per charge point and the
+topic is keyed by charge point, so each process owns whole charge points. It also publishes
+every record a correlation stage routes (see detectors/stages.py) to the correlation topic,
+keyed ``"<stage>:<key>"``; those records go through the same durable producer as the alerts,
+so they are acknowledged before the batch's offsets are committed. The correlation stage
+(``--stage correlation``) consumes that topic in its own group, so each process owns whole
+idTags / command actions.
+
+When a partition is assigned, its state is rebuilt by replaying the retained records before
+the committed offset with output suppressed; detector state therefore survives any crash or
+rebalance, bounded by the topic's retention (keep both topics retained at least as long as
+the longest detector window).
 """
 
 from __future__ import annotations
@@ -18,23 +25,28 @@ from chargewatch.consumer import LoopStats, make_consumer, run_loop
 from chargewatch.errors import DecodeError
 from chargewatch.faults import FaultPoints
 from chargewatch.kafkaio import DurableProducer, decode, ensure_topics, make_producer
-from chargewatch.model import record_from_dict
+from chargewatch.model import Record, record_from_dict
 from collectors.stats import DeadLetter
-from detectors.runner import DetectorRunner
+from detectors.stages import Stages
+
+STAGES = ("charge_point", "correlation")
 
 log = logging.getLogger(__name__)
 
 
 class DetectorStage:
-    """Consume records, run detectors, produce alerts to the alerts topic."""
+    """Consume records, run one stage's detectors, produce alerts to the alerts topic (and, for
+    the per-charge-point stage, routed records to the correlation topic)."""
 
-    def __init__(self, config: Config, runner: DetectorRunner, producer: DurableProducer, faults: FaultPoints) -> None:
+    def __init__(self, config: Config, stages: Stages, producer: DurableProducer, faults: FaultPoints,
+                 stage: str = "charge_point") -> None:
         self.cfg = config.kafka
-        self.runner, self.producer, self.faults = runner, producer, faults
+        self.stages, self.producer, self.faults, self.stage = stages, producer, faults, stage
         self.consumer: Any = None
         self._cold: set[Any] = set()
-        self._owner: dict[str, Any] = {}
+        self._owner: dict[tuple[str, str], Any] = {}  # (stage, key) -> partition
         self.alerts = 0
+        self.forwarded = 0
         self.bad_records = 0
 
     def assigned(self, partitions: set[Any]) -> None:
@@ -42,9 +54,12 @@ class DetectorStage:
 
     def revoked(self, partitions: set[Any]) -> None:
         gone = [key for key, tp in self._owner.items() if tp in partitions]
-        self.runner.drop(gone)
-        for key in gone:
-            del self._owner[key]
+        if self.stage == "charge_point":
+            self.stages.drop_charge_points(key for _, key in gone)
+        else:
+            self.stages.drop_keys(gone)
+        for owned in gone:
+            del self._owner[owned]
         self._cold -= partitions
 
     def handle(self, tp: Any, records: list[Any]) -> None:
@@ -52,13 +67,20 @@ class DetectorStage:
             self._warm(tp)
         for rec in records:
             for alert in self._process(tp, rec, emit=True):
-                self._send(self.cfg.alerts_topic, alert.charge_point_id, alert.to_document())
+                # A correlation storm's first occurrence (hence its charge point) may change as
+                # late records arrive: key its versions by the alert id to keep them in order.
+                key = alert.id if self.stage == "correlation" else alert.charge_point_id
+                self._send(self.cfg.alerts_topic, key, alert.to_document())
                 self.alerts += 1
                 self.faults.hit("alert_sent")
 
     def _process(self, tp: Any, rec: Any, emit: bool) -> list[Alert]:
         try:
             record = record_from_dict(decode(rec.value))
+            routed_to = _routed_key(rec.key) if self.stage == "correlation" else None
+            if routed_to is not None and routed_to[0] not in self.stages.by_name:
+                raise DecodeError(f"routed to correlation stage {routed_to[0]!r}, which this process does not run "
+                                  f"(its rules are disabled here; running: {sorted(self.stages.by_name)})")
         except (DecodeError, ValueError) as exc:
             if emit:
                 self.bad_records += 1
@@ -66,8 +88,24 @@ class DetectorStage:
                 letter = DeadLetter.of(0.0, "bad_kafka_record", f"{where}: {exc}", where, rec.value or b"")
                 self._send(self.cfg.deadletter_topic, where, letter.to_dict())
             return []
-        self._owner[self.runner.key(record)] = tp
-        return self.runner.process(record, emit=emit)
+        if routed_to is not None:
+            return self._correlate(tp, routed_to, record, emit)
+        local = self.stages.local.runner
+        self._owner[("", local.key(record))] = tp
+        alerts = local.process(record, emit=emit)
+        for name, key, routed in self.stages.route(record):
+            if emit:
+                self._send(self.cfg.correlation_topic, f"{name}:{key}", routed.to_dict())
+                self.forwarded += 1
+        return alerts
+
+    def _correlate(self, tp: Any, routed_to: tuple[str, str], record: Record, emit: bool) -> list[Alert]:
+        """A routed record, run by the correlation stage its Kafka key names."""
+        self._owner[routed_to] = tp
+        alerts = self.stages.correlate(*routed_to, record, emit)
+        for dropped in self.stages.sweep_due():
+            self._owner.pop(dropped, None)
+        return alerts
 
     def _warm(self, tp: Any) -> None:
         """Rebuild the state of tp's charge points from records before the committed offset."""
@@ -102,18 +140,29 @@ class DetectorStage:
             self.faults.hit("alerts_flushed")
 
 
-def run_detector(config: Config, runner: DetectorRunner, faults: FaultPoints,
-                 idle_exit: float | None) -> tuple[LoopStats, DetectorStage]:
-    """Run the detector stage until idle for idle_exit seconds (None: until interrupted)."""
+def run_detector(config: Config, stages: Stages, faults: FaultPoints, idle_exit: float | None,
+                 stage_name: str = "charge_point") -> tuple[LoopStats, DetectorStage]:
+    """Run one detector stage until idle for idle_exit seconds (None: until interrupted)."""
     cfg = config.kafka
-    ensure_topics(cfg, [cfg.messages_topic, cfg.alerts_topic, cfg.deadletter_topic])
+    ensure_topics(cfg, [cfg.messages_topic, cfg.correlation_topic, cfg.alerts_topic, cfg.deadletter_topic])
     producer = DurableProducer(make_producer(cfg))
-    stage = DetectorStage(config, runner, producer, faults)
-    consumer = make_consumer(cfg, cfg.detector_group, config.detector.batch_size)
+    stage = DetectorStage(config, stages, producer, faults, stage_name)
+    correlation = stage_name == "correlation"
+    consumer = make_consumer(cfg, cfg.correlation_group if correlation else cfg.detector_group,
+                             config.detector.batch_size)
     stage.consumer = consumer
     try:
-        stats = run_loop(consumer, cfg.messages_topic, stage, faults, idle_exit)
+        stats = run_loop(consumer, cfg.correlation_topic if correlation else cfg.messages_topic, stage, faults,
+                         idle_exit)
     finally:
         consumer.close(autocommit=False)
         producer.close()
     return stats, stage
+
+
+def _routed_key(raw: bytes | None) -> tuple[str, str]:
+    """(stage, key) from a correlation record's Kafka key "<stage>:<key>"."""
+    name, sep, key = (raw or b"").decode("utf-8", "replace").partition(":")
+    if not sep or not name:
+        raise DecodeError(f"correlation record without a '<stage>:<key>' key: {raw!r}")
+    return name, key

@@ -57,6 +57,7 @@ def isolated_config(services: Services, **kafka: object) -> Config:
     kafka_values = {"bootstrap_servers": services.kafka, "messages_topic": f"t{run}.messages",
                     "alerts_topic": f"t{run}.alerts", "deadletter_topic": f"t{run}.deadletter",
                     "detector_group": f"t{run}-detectors", "indexer_group": f"t{run}-indexer",
+                    "correlation_topic": f"t{run}.correlation", "correlation_group": f"t{run}-correlation",
                     "session_timeout_ms": 6000} | kafka
     return with_overrides(Config(), kafka=kafka_values,
                           elasticsearch={"url": services.elastic, "alerts_index": f"cwtest-{run}"},
@@ -76,3 +77,22 @@ def embedded_config() -> Config:
 @pytest.fixture(scope="session")
 def repo_root() -> Iterator[Path]:
     yield Path(__file__).resolve().parent.parent
+
+
+# --- figures of the live acceptance suites, printed at the end of every run -------------------------
+
+ACCEPTANCE_FIGURES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture(scope="session")
+def acceptance_figures(request: pytest.FixtureRequest) -> list[str]:
+    """Lines the acceptance tests report (recall per category, false alerts per 10,000 messages)."""
+    return request.config.stash.setdefault(ACCEPTANCE_FIGURES, [])
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    lines = terminalreporter.config.stash.get(ACCEPTANCE_FIGURES, [])
+    if lines:
+        terminalreporter.section("Chargewatch acceptance figures")
+        for line in lines:
+            terminalreporter.write_line(line)

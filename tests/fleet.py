@@ -66,9 +66,11 @@ def _twist(twist: str, p: str, tag: str) -> list[tuple[bool, str]]:
     if twist == "resend_after_result":
         return [_call(f"{p}-hb", "Heartbeat", {}), _result(f"{p}-hb", {"currentTime": "2026-11-20T10:00:01Z"})]
     if twist == "retry_after_error":
-        return [_call(f"{p}-meter", "MeterValues", {"connectorId": 1, "meterValue": []}),
+        meter = {"connectorId": 1, "meterValue": [{"timestamp": "2026-11-20T10:00:01Z",
+                                                   "sampledValue": [{"value": "1200"}]}]}
+        return [_call(f"{p}-meter", "MeterValues", meter),
                 (False, json.dumps([4, f"{p}-meter", "InternalError", "busy", {}])),
-                _call(f"{p}-meter", "MeterValues", {"connectorId": 1, "meterValue": []}),
+                _call(f"{p}-meter", "MeterValues", meter),
                 _result(f"{p}-meter", {})]
     if twist == "wrong_direction":
         return [_call(f"{p}-reset", "Reset", {"type": "Hard"}),

@@ -13,11 +13,11 @@ import yaml
 from chargewatch.alerts import CATEGORIES, Alert
 from chargewatch.catalog import load_catalog
 from chargewatch.errors import ConfigError
-from chargewatch.model import record_from_dict
+from chargewatch.model import record_from_dict, record_key
 from detectors.policy import Policy, load_policy
-from detectors.registry import default_detectors
+from detectors.registry import correlation_detectors, default_detectors
 from detectors.rules import RISK_BANDS, apply_overrides, load_rule, load_rules
-from detectors.runner import DetectorRunner
+from detectors.stages import build_stages
 
 SAMPLES = Path(__file__).resolve().parent.parent / "detectors" / "samples"
 TECHNIQUE = re.compile(r"^T0\d{3}$")  # ATT&CK for ICS technique ids
@@ -29,17 +29,19 @@ def _run(path: Path) -> list[Alert]:
     policy_file = path.parent / "policy.toml"
     policy = load_policy(policy_file if policy_file.exists() else None)
     rules = apply_overrides(load_rules(), policy.rules, str(policy_file))
-    runner = DetectorRunner(default_detectors(rules, load_catalog(), policy), rules)
+    stages = build_stages(rules, load_catalog(), policy, record_key)  # per charge point, then correlation
     alerts: dict[str, Alert] = {}
     for line in path.read_text().splitlines():
-        for alert in runner.process(record_from_dict(json.loads(line))):
+        for alert in stages.process(record_from_dict(json.loads(line))):
             alerts[alert.id] = alert
     return list(alerts.values())
 
 
 def test_rule_set_lint_lists_every_offender() -> None:
     rules = load_rules()
-    detector_rules = {r for d in default_detectors(rules, load_catalog(), Policy()) for r in d.rule_ids}
+    catalog, policy = load_catalog(), Policy()
+    detectors = default_detectors(rules, catalog, policy) + correlation_detectors(rules, catalog, policy)
+    detector_rules = {r for d in detectors for r in d.rule_ids}
     offenders: list[str] = []
     for rule in rules.values():
         low, high = RISK_BANDS[rule.severity]

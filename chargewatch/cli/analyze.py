@@ -80,7 +80,8 @@ def _summary(result: AnalysisResult, seconds: float, out: TextIO) -> None:
     s = result.stats
     rate = s.messages / seconds if seconds > 0 else 0.0
     out.write(f"packets {s.packets}  tcp connections {s.tcp_connections}  websocket connections "
-              f"{s.websocket_connections}  OCPP messages {s.messages}  alerts {len(result.alerts)}  "
+              f"{s.websocket_connections}  OCPP messages {s.messages}  alerts {_count(result, 'alert')}  "
+              f"events {_count(result, 'event')}  "
               f"({seconds:.2f}s, {rate:,.0f} messages/s)\n")
     for title, counter in (("errors", s.errors), ("ignored", s.ignored), ("message flags", s.flags)):
         if counter:
@@ -89,12 +90,17 @@ def _summary(result: AnalysisResult, seconds: float, out: TextIO) -> None:
         out.write(f"unreadable: {problem}\n")
 
 
+def _count(result: AnalysisResult, kind: str) -> int:
+    return sum(1 for a in result.alerts if a.kind == kind)
+
+
 def _alert_table(result: AnalysisResult, out: TextIO) -> None:
     if not result.alerts:
         out.write("no alerts\n")
         return
     rows = [("time (UTC)", "severity", "rule", "charge point", "action", "message id", "reason")]
-    rows += [(iso_time(a.ts), SEVERITY_NAMES[a.severity], a.rule_id, a.charge_point_id, a.action or "",
+    rows += [(iso_time(a.ts), SEVERITY_NAMES[a.severity] if a.kind == "alert" else "(event)", a.rule_id,
+              a.charge_point_id, a.action or "",
               a.message_id or "", a.reason) for a in result.alerts]
     widths = [max(len(r[i]) for r in rows) for i in range(6)]
     for row in rows:

@@ -1,0 +1,301 @@
+"""Transaction reconstruction: sessions, their energy register readings, start and end.
+
+:class:`TransactionTracker` follows the transactions of one charge point (1.6 StartTransaction
+/ MeterValues / StopTransaction, 2.x TransactionEvent) and turns each message into a
+:class:`TxUpdate`: the session it belongs to and the ``Energy.Active.Import.Register`` readings
+it carries, normalised to Wh. It holds no rule: the transaction rules
+(:mod:`detectors.transactions`), the correlation rules (:mod:`detectors.correlation`) and the
+model scorers of ``models/`` (per-session energy, duration and samples, from
+:meth:`Session.features`) all build on it.
+
+Register baselines: readings are compared in the order of the charge point's own clock; a
+reading stamped before the latest one is history repeated (a 2.x Ended event may list the
+whole session) and gets no baseline. A meter replacement (OCPP 2.0.1 J02.FR.16) is recognised
+in two ways: every transaction has its own baseline (a new meter starts with a new
+transaction), and a BootNotification from the charge point (the reboot that goes with a meter
+swap) drops the baselines of its open transactions, so their next reading starts afresh.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from chargewatch.model import MessageType, OcppMessage
+
+REGISTER = "Energy.Active.Import.Register"
+UNIT_WH = {"Wh": 1.0, "kWh": 1000.0}
+REMOTE_STOPS = frozenset({"RemoteStopTransaction", "RequestStopTransaction"})
+TRACKED = frozenset({"StartTransaction", "StopTransaction", "MeterValues", "TransactionEvent",
+                     "BootNotification"}) | REMOTE_STOPS
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One register reading: the charge point's time (None when unparseable), the value in Wh,
+    and the baseline it follows (None: no baseline, e.g. first reading or history)."""
+
+    at: float | None
+    wh: float
+    previous_wh: float | None
+    context: str | None
+
+
+@dataclass(slots=True)
+class Session:
+    """One transaction as far as we saw it."""
+
+    tx_id: str
+    charge_point_id: str
+    connector: int | None
+    id_tag: str | None
+    seen_start: bool  # we watched it start (else: joined mid-transaction)
+    first_ts: float  # capture time of the first message of it we saw
+    start_message_id: str
+    connection_id: str
+    started_at: float | None = None  # charge point clock at the start
+    meter_start_wh: float | None = None
+    last_wh: float | None = None
+    last_at: float | None = None
+    samples: int = 0
+    status: str | None = None  # idTagInfo / idTokenInfo status the CSMS answered
+    remote_stop_ts: float | None = None  # capture time of a RemoteStop/RequestStop seen while open
+    rebooted: bool = False  # the charge point booted while it was open (baselines dropped)
+    ended_ts: float | None = None
+    ended_at: float | None = None
+    meter_stop_wh: float | None = None
+    stop_reason: str | None = None
+    fired: set[str] = field(default_factory=set)  # rules already raised for it (one alert each)
+
+    @property
+    def open(self) -> bool:
+        return self.ended_ts is None
+
+    def energy_wh(self) -> float | None:
+        """Energy delivered so far (last or stop register minus the start register)."""
+        end = self.meter_stop_wh if self.meter_stop_wh is not None else self.last_wh
+        return None if end is None or self.meter_start_wh is None else end - self.meter_start_wh
+
+    def features(self) -> dict[str, float | None]:
+        """Numbers a model scores a finished session on (None where not observed)."""
+        duration = None
+        if self.started_at is not None and self.ended_at is not None:
+            duration = self.ended_at - self.started_at
+        energy = self.energy_wh()
+        power = energy * 3600.0 / duration if energy is not None and duration else None
+        return {"energy_wh": energy, "duration_s": duration, "samples": float(self.samples),
+                "mean_power_w": power}
+
+
+@dataclass(frozen=True, slots=True)
+class TxUpdate:
+    """What one message did to a session: event is "started", "meter" or "ended"."""
+
+    session: Session
+    event: str
+    readings: tuple[Reading, ...]
+
+
+def parse_time(value: Any) -> float | None:
+    """Epoch seconds of an OCPP dateTime, None when absent or malformed."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+def register_wh(sampled: Any, version: str | None) -> float | None:
+    """The Energy.Active.Import.Register total of one sampledValue in Wh, None for anything else.
+
+    1.6: the value is a string, unit defaults to Wh, measurand to the register; signed data is
+    skipped. 2.x: the value is a number, ``unitOfMeasure{unit, multiplier}`` scales it. Per-phase
+    values and meters other than the outlet's are not the transaction's register.
+    """
+    if not isinstance(sampled, dict) or sampled.get("measurand", REGISTER) != REGISTER:
+        return None
+    if sampled.get("phase") is not None or sampled.get("location", "Outlet") != "Outlet":
+        return None
+    if version == "1.6":
+        if sampled.get("format") == "SignedData":
+            return None
+        unit, scale = sampled.get("unit", "Wh"), 0
+    else:
+        measure = sampled.get("unitOfMeasure") or {}
+        unit, scale = measure.get("unit", "Wh"), measure.get("multiplier", 0)
+    factor = UNIT_WH.get(unit) if isinstance(unit, str) else None
+    value = _number(sampled.get("value"))
+    if factor is None or value is None or not isinstance(scale, int):
+        return None
+    return value * factor * 10.0**scale
+
+
+def meter_readings(meter_values: Any, version: str | None) -> list[tuple[float | None, float, str | None]]:
+    """(time, Wh, context) of each meterValue's register, in message order."""
+    out: list[tuple[float | None, float, str | None]] = []
+    if not isinstance(meter_values, list):
+        return out
+    for entry in meter_values:
+        if not isinstance(entry, dict) or not isinstance(entry.get("sampledValue"), list):
+            continue
+        for sampled in entry["sampledValue"]:
+            wh = register_wh(sampled, version)
+            if wh is not None:
+                out.append((parse_time(entry.get("timestamp")), wh, sampled.get("context")))
+                break
+    return out
+
+
+class TransactionTracker:
+    """The transactions of one charge point (bounded: the latest max_sessions)."""
+
+    def __init__(self, max_sessions: int = 16) -> None:
+        self.max_sessions = max_sessions
+        self.sessions: OrderedDict[str, Session] = OrderedDict()
+        self._pending: OrderedDict[str, OcppMessage] = OrderedDict()  # CALLs awaiting their result
+
+    def observe(self, msg: OcppMessage) -> TxUpdate | None:
+        """Apply one message; the session update it makes, if any."""
+        if msg.action not in TRACKED:
+            return None
+        body = msg.payload if isinstance(msg.payload, dict) else {}
+        if msg.message_type == MessageType.CALL:
+            return self._call(msg, body)
+        if msg.message_type == MessageType.CALLRESULT:
+            request = self._pending.pop(msg.message_id, None)
+            if request is not None:
+                return self._result(request, msg, body)
+        return None
+
+    def _call(self, msg: OcppMessage, body: dict[str, Any]) -> TxUpdate | None:
+        action = msg.action
+        if msg.sender == "csms":
+            if action in REMOTE_STOPS:
+                for session in self.sessions.values():
+                    if session.open:
+                        session.remote_stop_ts = msg.ts
+            return None
+        if action == "BootNotification":
+            for session in self.sessions.values():
+                if session.open:
+                    session.last_wh = session.last_at = None
+                    session.rebooted = True
+            return None
+        if action in ("StartTransaction", "TransactionEvent"):
+            self._pending[msg.message_id] = msg
+            while len(self._pending) > self.max_sessions:
+                self._pending.popitem(last=False)
+        if action == "TransactionEvent":
+            return self._transaction_event(msg, body)
+        if action == "MeterValues" and body.get("transactionId") is not None:
+            session = self._session(msg, str(body["transactionId"]), _int(body.get("connectorId")), None)
+            return TxUpdate(session, "meter", self._read(session, meter_readings(body.get("meterValue"), "1.6")))
+        if action == "StopTransaction" and body.get("transactionId") is not None:
+            session = self._session(msg, str(body["transactionId"]), None, body.get("idTag"))
+            stop = _number(body.get("meterStop"))
+            at = parse_time(body.get("timestamp"))
+            readings = self._read(session, [(at, stop, "Transaction.End")] if stop is not None else [])
+            self._end(session, msg, at, stop, body.get("reason") or "Local")
+            return TxUpdate(session, "ended", readings)
+        return None
+
+    def _result(self, request: OcppMessage, msg: OcppMessage, body: dict[str, Any]) -> TxUpdate | None:
+        req = request.payload if isinstance(request.payload, dict) else {}
+        if request.action == "TransactionEvent":
+            info = body.get("idTokenInfo")
+            session = self.sessions.get(str((req.get("transactionInfo") or {}).get("transactionId")))
+            if session is not None and isinstance(info, dict):
+                session.status = info.get("status")
+            return None
+        if request.action != "StartTransaction" or body.get("transactionId") is None:
+            return None
+        session = self._new(request, str(body["transactionId"]), _int(req.get("connectorId")), req.get("idTag"))
+        session.status = (body.get("idTagInfo") or {}).get("status")
+        session.started_at = parse_time(req.get("timestamp"))
+        start = _number(req.get("meterStart"))
+        session.meter_start_wh = start
+        readings = self._read(session, [(session.started_at, start, "Transaction.Begin")] if start is not None else [])
+        return TxUpdate(session, "started", readings)
+
+    def _transaction_event(self, msg: OcppMessage, body: dict[str, Any]) -> TxUpdate | None:
+        info = body.get("transactionInfo")
+        if not isinstance(info, dict) or info.get("transactionId") is None:
+            return None
+        tx_id, event = str(info["transactionId"]), body.get("eventType")
+        token = (body.get("idToken") or {}).get("idToken")
+        evse = _int((body.get("evse") or {}).get("id"))
+        at = parse_time(body.get("timestamp"))
+        values = meter_readings(body.get("meterValue"), msg.ocpp_version)
+        if event == "Started" and tx_id not in self.sessions:
+            session = self._new(msg, tx_id, evse, token)
+            session.started_at = at
+            session.meter_start_wh = next((wh for _, wh, ctx in values if ctx == "Transaction.Begin"),
+                                          values[0][1] if values else None)
+        else:
+            session = self._session(msg, tx_id, evse, token)
+        readings = self._read(session, values)
+        if event == "Ended":
+            end = next((wh for _, wh, ctx in reversed(values) if ctx == "Transaction.End"), None)
+            stop = end if end is not None else session.last_wh
+            self._end(session, msg, at, stop, info.get("stoppedReason") or "Local")
+            return TxUpdate(session, "ended", readings)
+        return TxUpdate(session, "started" if event == "Started" else "meter", readings)
+
+    def _read(self, session: Session, values: list[tuple[float | None, float, str | None]]) -> tuple[Reading, ...]:
+        """Readings in message order, each with the baseline it must not fall below."""
+        out = []
+        for at, wh, context in values:
+            history = at is not None and session.last_at is not None and at < session.last_at
+            out.append(Reading(at, wh, None if history else session.last_wh, context))
+            if not history:
+                session.last_wh, session.last_at = wh, at
+                session.samples += 1
+        return tuple(out)
+
+    def _end(self, session: Session, msg: OcppMessage, at: float | None, stop: float | None, reason: Any) -> None:
+        if session.ended_ts is None:
+            session.ended_ts, session.ended_at = msg.ts, at
+            session.meter_stop_wh, session.stop_reason = stop, str(reason)
+
+    def _session(self, msg: OcppMessage, tx_id: str, connector: int | None, id_tag: Any) -> Session:
+        session = self.sessions.get(tx_id)
+        if session is None:
+            session = self._new(msg, tx_id, connector, id_tag, seen_start=False)
+        elif session.id_tag is None and isinstance(id_tag, str):
+            session.id_tag = id_tag
+        return session
+
+    def _new(self, msg: OcppMessage, tx_id: str, connector: int | None, id_tag: Any,
+             seen_start: bool = True) -> Session:
+        session = Session(tx_id, msg.charge_point_id, connector, id_tag if isinstance(id_tag, str) else None,
+                          seen_start, msg.ts, msg.message_id, msg.connection_id)
+        self.sessions.pop(tx_id, None)
+        self.sessions[tx_id] = session
+        while len(self.sessions) > self.max_sessions:
+            oldest = next((k for k, s in self.sessions.items() if not s.open), next(iter(self.sessions)))
+            del self.sessions[oldest]
+        return session
+
+
+def _number(value: Any) -> float | None:
+    """A register value: a number (2.x) or a decimal string (1.6); None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,0 +1,27 @@
+"""Man-in-the-middle indicators (rules CW-MITM-*), in three detectors:
+
+* :mod:`detectors.mitm_session`: who connects as a charge point, from where and how
+  (CW-MITM-001 concurrent connections, 002 new address / version downgrade, 004 username
+  that is not the identity);
+* :mod:`detectors.mitm_posture`: the security profile connections use (003 Basic auth over
+  plain ws://, 005 profile downgrade or below policy, 008 plain ws:// without auth);
+* :mod:`detectors.mitm_responses`: the answers (006 answer without a request or not fitting
+  it, 007 round trip far above the baseline).
+
+Not covered: IP TTL / hop-count changes (no collector reports them yet), and falling meter
+registers (the transaction rules own those).
+"""
+
+from __future__ import annotations
+
+from detectors.base import Detector
+from detectors.mitm_posture import MitmPostureDetector
+from detectors.mitm_responses import MitmResponseDetector
+from detectors.mitm_session import MitmSessionDetector
+from detectors.policy import Policy
+from detectors.rules import Rule
+
+
+def mitm_detectors(rules: dict[str, Rule], policy: Policy) -> list[Detector]:
+    """The MITM detectors, configured from their rules and the policy."""
+    return [MitmSessionDetector(rules), MitmPostureDetector(rules, policy), MitmResponseDetector(rules)]

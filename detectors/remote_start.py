@@ -1,0 +1,111 @@
+"""CW-CMD-006: a remote start for an idTag this charge point has never dealt with.
+
+A central system normally starts remotely for a driver who uses the station (an app user
+whose token the station has seen in an Authorize, a transaction or the local list). A remote
+start for a token the station never saw is how someone with CSMS access (or in the middle)
+gets free energy on somebody else's account, or starts sessions to block connectors.
+
+Tokens are the collector's pseudonyms, compared as is. The rule judges only after it has
+watched the charge point for ``warmup_s`` seconds of capture time (gaps in the capture longer
+than ``MAX_GAP_S`` do not count as watching), so a monitor started mid-stream stays quiet.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chargewatch.model import ConnectionEvent, Direction, MessageType, OcppMessage
+from detectors.base import Finding, State
+from detectors.context import ChargePointContext
+from detectors.rules import Rule
+
+UNKNOWN_TAG_REMOTE_START = "CW-CMD-006"
+REMOTE_STARTS = frozenset({"RemoteStartTransaction", "RequestStartTransaction"})
+TAG_SOURCES = frozenset({"Authorize", "StartTransaction", "StopTransaction", "TransactionEvent", "ReserveNow",
+                         "SendLocalList"})
+MAX_GAP_S = 3600.0  # a longer silence is a capture gap, not time spent watching
+
+
+class RemoteStartDetector:
+    """CW-CMD-006."""
+
+    name: str = "remote_start"
+    rule_ids: tuple[str, ...] = (UNKNOWN_TAG_REMOTE_START,)
+    actions: frozenset[str] | None = None  # every record counts towards the time spent watching
+
+    def __init__(self, rules: dict[str, Rule]) -> None:
+        rule = rules[UNKNOWN_TAG_REMOTE_START]
+        self.warmup_s = float(rule.param("warmup_s"))
+        self.max_tags = int(rule.param("max_tags"))
+
+    def on_connection(self, event: ConnectionEvent, ctx: ChargePointContext, state: State) -> list[Finding]:
+        _watch(state, event.ts)
+        return []
+
+    def on_message(self, msg: OcppMessage, ctx: ChargePointContext, state: State) -> list[Finding]:
+        _watch(state, msg.ts)
+        if msg.message_type != MessageType.CALL:
+            return []
+        if msg.action in TAG_SOURCES:
+            self._remember(state, _tags(msg.action, msg.payload))
+        elif msg.action in REMOTE_STARTS and msg.direction is Direction.CSMS_TO_CP:
+            return self._judge(msg, state)
+        return []
+
+    def _judge(self, msg: OcppMessage, state: State) -> list[Finding]:
+        tag = _token(msg.payload)
+        watched = state["watch"][1]
+        if tag is None or watched < self.warmup_s:
+            return []
+        tags: dict[str, None] = state.setdefault("tags", {})
+        if tag in tags:
+            tags[tag] = tags.pop(tag)  # most recently used last: it survives the cap longest
+            return []
+        return [Finding(UNKNOWN_TAG_REMOTE_START,
+                        f"{msg.action} for idTag {tag}, which this charge point has not seen in "
+                        f"{watched / 3600:.1f}h of watching",
+                        {"id_tag": tag, "watched_s": round(watched, 1), "known_tags": len(tags),
+                         "payload": msg.payload})]
+
+    def _remember(self, state: State, found: list[str]) -> None:
+        """Add tags as most recently seen (a dict used as an ordered set), forgetting the oldest over the cap."""
+        if not found:
+            return
+        tags: dict[str, None] = state.setdefault("tags", {})
+        for tag in found:
+            tags.pop(tag, None)
+            tags[tag] = None
+        while len(tags) > self.max_tags:
+            del tags[next(iter(tags))]
+
+
+def _watch(state: State, ts: float) -> None:
+    """Add the time since the previous record to the time spent watching (gaps excluded)."""
+    watch: list[float] | None = state.get("watch")
+    if watch is None:
+        state["watch"] = [ts, 0.0]
+        return
+    gap = ts - watch[0]
+    if gap > 0:
+        if gap <= MAX_GAP_S:
+            watch[1] += gap
+        watch[0] = ts
+
+
+def _token(payload: Any) -> str | None:
+    """The idTag (1.6) or idToken.idToken (2.x) of a payload or list entry; None when absent or empty."""
+    if not isinstance(payload, dict):
+        return None
+    tag = payload.get("idTag")
+    if tag is None:
+        token = payload.get("idToken")
+        tag = token.get("idToken") if isinstance(token, dict) else None
+    return tag if isinstance(tag, str) and tag else None
+
+
+def _tags(action: str | None, payload: Any) -> list[str]:
+    if action == "SendLocalList":
+        entries = payload.get("localAuthorizationList") if isinstance(payload, dict) else None
+        return [t for t in map(_token, entries) if t is not None] if isinstance(entries, list) else []
+    tag = _token(payload)
+    return [tag] if tag is not None else []
