@@ -70,12 +70,8 @@ class CollectorConfig:
 class DetectorConfig:
     """Detector runner settings."""
 
-    # Directory where a Kafka detector keeps its state snapshots next to committed offsets.
-    state_dir: str = ".chargewatch-state"
     # Batch of consumed records processed before alerts are flushed and offsets committed.
     batch_size: int = 500
-    # A CALL unanswered for this long no longer counts as outstanding (ocpp lib default 30 s).
-    call_timeout_s: float = 30.0
     # What detector state is keyed by (a name from chargewatch.model.RECORD_KEYS); must match
     # the key of the topic the stage consumes so one process owns each key.
     state_key: str = "charge_point"

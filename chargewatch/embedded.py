@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from chargewatch.alerts import Alert
 from chargewatch.catalog import load_catalog
@@ -32,7 +33,14 @@ class AnalysisResult:
 
     @property
     def alerts(self) -> list[Alert]:
-        return list(self.by_id.values())
+        """Final alerts in a stable order (first occurrence, rule, id), whatever the parallelism."""
+        return sorted(self.by_id.values(), key=lambda a: (a.ts, a.rule_id, a.id))
+
+
+class _Sink(Protocol):
+    def record(self, record: Record) -> None: ...
+
+    def dead_letter(self, letter: DeadLetter) -> None: ...
 
 
 class _RunnerSink:
@@ -64,18 +72,34 @@ def load_stages(config: Config) -> Stages:
 
 
 def analyze(paths: Iterable[Path], config: Config, progress: Callable[[int], None] | None = None,
-            on_record: Callable[[Record], None] | None = None) -> AnalysisResult:
-    """Decode every capture and run the detectors over it, in file order."""
-    redactor = Redactor(resolve_redaction_key(config.redaction), enabled=config.redaction.enabled)
+            on_record: Callable[[Record], None] | None = None, workers: int = 1) -> AnalysisResult:
+    """Decode every capture and run the detectors over it, in file order.
+
+    With workers > 1 the charge points are split over that many processes (see
+    :mod:`chargewatch.parallel`); the result is the same as with one.
+    """
+    paths = list(paths)
+    if workers > 1 and on_record is None:
+        from chargewatch.parallel import analyze_parallel
+
+        return analyze_parallel(paths, config, workers)
     result = AnalysisResult()
     sink = _RunnerSink(load_stages(config), result, on_record)
+    read_all(paths, config, sink, result, progress)
+    return result
+
+
+def read_all(paths: list[Path], config: Config, sink: _Sink, result: AnalysisResult,
+             progress: Callable[[int], None] | None = None, share: tuple[int, int] = (0, 1)) -> None:
+    """Decode paths into sink, counting into result (a share of the charge points when parallel)."""
+    redactor = Redactor(resolve_redaction_key(config.redaction), enabled=config.redaction.enabled)
     for path in paths:
         try:
             stats = read_capture(path, sink, redactor, load_catalog(), config.collector.max_message_bytes,
-                                 progress)
+                                 progress, share)
         except CaptureError as exc:
-            result.unreadable.append(str(exc))
-            result.stats.error("unreadable_file")
+            if share[0] == 0:
+                result.unreadable.append(str(exc))
+                result.stats.error("unreadable_file")
             continue
         result.stats.merge(stats)
-    return result

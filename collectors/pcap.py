@@ -16,14 +16,15 @@ Progress = Callable[[int], None]
 
 
 def read_capture(path: Path, sink: Sink, redactor: Redactor, catalog: Catalog, max_message: int,
-                 progress: Progress | None = None) -> CollectorStats:
+                 progress: Progress | None = None, share: tuple[int, int] = (0, 1)) -> CollectorStats:
     """Decode one pcap/pcapng file into sink; returns what was seen and every error counted.
 
     progress, when given, is called with the number of file bytes consumed since the last call.
+    share (index, count) decodes only the charge points of one process of a parallel analysis.
     """
     stats = CollectorStats()
     ctx = DecodeContext(sink=sink, stats=stats, redactor=redactor, catalog=catalog, source=path.name,
-                        max_message=max_message)
+                        max_message=max_message, share_index=share[0], share_count=share[1])
     processor = PacketProcessor(ctx)
     reader = CaptureReader(path)
     last_ts, done = 0.0, 0
@@ -34,7 +35,7 @@ def read_capture(path: Path, sink: Sink, redactor: Redactor, catalog: Catalog, m
             progress(reader.position - done)
             done = reader.position
     processor.finish(last_ts)
-    if reader.problem is not None:
+    if reader.problem is not None and ctx.primary:
         stats.error(reader.problem.kind)
         sink.dead_letter(DeadLetter.of(last_ts, reader.problem.kind, reader.problem.detail, path.name))
     if progress is not None:

@@ -7,6 +7,7 @@ records, and hands every problem to the sink as a counted dead letter.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -57,6 +58,19 @@ class DecodeContext:
     catalog: Catalog
     source: str
     max_message: int
+    # Parallel analysis: this process decodes the charge points that hash to share_index (of
+    # share_count); share 0 also reports what belongs to no charge point (packets, streams
+    # that are not OCPP), so nothing is counted twice.
+    share_index: int = 0
+    share_count: int = 1
+
+    @property
+    def primary(self) -> bool:
+        return self.share_index == 0
+
+    def owns(self, cp_id: str) -> bool:
+        """Whether this process decodes the connections of charge point cp_id."""
+        return self.share_count == 1 or zlib.crc32(cp_id.encode()) % self.share_count == self.share_index
 
 
 @dataclass
@@ -85,7 +99,7 @@ class ConnectionDecoder:
     def feed(self, from_client: bool, data: bytes, ts: float, ref: str, gap: bool) -> None:
         """Bytes of one direction, in order; gap=True when bytes before them were lost."""
         self.last_ref = ref
-        if self.state == "ignored":
+        if self.state in ("ignored", "foreign"):
             return
         if gap:
             self._lost(from_client, ts)
@@ -124,6 +138,9 @@ class ConnectionDecoder:
             self._ignore(bytearray(head), ts)
             return
         self.cp_id = identity_from_path(self.request.path)
+        if not self.ctx.owns(self.cp_id):
+            self.state = "foreign"  # another process decodes this charge point
+            return
         self._sides[True].early += rest
         server_head = self._sides[False].head
         if server_head:
@@ -216,11 +233,14 @@ class ConnectionDecoder:
 
     def _ignore(self, head: bytearray | bytes, ts: float) -> None:
         kind = "tls_stream" if head[:1] == bytes([TLS_HANDSHAKE]) else "non_websocket_stream"
-        self.ctx.stats.ignored[kind] += 1
+        if self.ctx.primary:
+            self.ctx.stats.ignored[kind] += 1
         self.state = "ignored"
 
     def close(self, ts: float, observed: bool) -> None:
         """End of the connection (observed=True for FIN/RST, False at end of capture)."""
+        if self.state == "foreign":
+            return
         if self.state == "websocket":
             for side in self._sides.values():
                 if side.frames is not None and side.frames._partial is not None:
@@ -241,5 +261,7 @@ class ConnectionDecoder:
             source=self.last_ref))
 
     def _dead(self, ts: float, kind: str, detail: str, raw: bytes) -> None:
+        if self.cp_id is None and not self.ctx.primary:
+            return  # not attributed to a charge point: share 0 reports it
         self.ctx.stats.error(kind)
         self.ctx.sink.dead_letter(DeadLetter.of(ts, kind, detail, self.last_ref, raw, self.id, self.cp_id))

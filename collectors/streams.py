@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from collectors.packets import ACK, FIN, RST, SYN, PacketError, PacketSkip, parse_segment
 from collectors.session import ConnectionDecoder, DecodeContext
-from collectors.stats import DeadLetter
+from collectors.stats import CollectorStats, DeadLetter
 from collectors.tcp import HalfStream
 
 Endpoint = tuple[str, int]
@@ -48,10 +48,12 @@ class PacketProcessor:
     def __init__(self, ctx: DecodeContext) -> None:
         self.ctx = ctx
         self.connections: dict[FlowKey, TcpConnection] = {}
+        # Packet-level counters belong to share 0 of a parallel analysis; the others count into scratch.
+        self.stats = ctx.stats if ctx.primary else CollectorStats()
 
     def packet(self, number: int, ts: float, linktype: int, data: bytes) -> None:
         """Process one captured frame (number is its 1-based index in the source)."""
-        stats = self.ctx.stats
+        stats = self.stats
         stats.packets += 1
         stats.bytes += len(data)
         try:
@@ -61,7 +63,8 @@ class PacketProcessor:
             return
         except PacketError as err:
             stats.error(err.reason)
-            self.ctx.sink.dead_letter(DeadLetter.of(ts, err.reason, "malformed packet", self._ref(number), data))
+            if self.ctx.primary:
+                self.ctx.sink.dead_letter(DeadLetter.of(ts, err.reason, "malformed packet", self._ref(number), data))
             return
         src, dst = (seg.src, seg.sport), (seg.dst, seg.dport)
         if not seg.payload and not seg.flags & SYN and _key(src, dst) not in self.connections:
@@ -89,17 +92,17 @@ class PacketProcessor:
             client = src if is_syn else (dst if flags & SYN else None)
             conn = TcpConnection(client=client, start_ts=ts)
             self.connections[key] = conn
-            self.ctx.stats.tcp_connections += 1
+            self.stats.tcp_connections += 1
         return conn
 
     def _payload(self, conn: TcpConnection, src: Endpoint, dst: Endpoint, seq: int, payload: bytes,
                  ts: float, ref: str) -> None:
-        if conn.midstream:
+        if conn.midstream or (conn.decoder is not None and conn.decoder.state == "foreign"):
             return
         if conn.client is None:
             if not payload.startswith(b"GET "):
                 conn.midstream = True
-                self.ctx.stats.ignored["midstream_connection"] += 1
+                self.stats.ignored["midstream_connection"] += 1
                 return
             conn.client = src
         if conn.decoder is None:

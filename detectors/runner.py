@@ -65,6 +65,9 @@ class DetectorRunner:
         self.lateness_s = lateness_s
         self.states: dict[str, KeyState] = {}
         self.processed = 0
+        # Bound handlers, looked up once (this loop runs for every record).
+        self._on_message = [(d.name, d.on_message) for d in self.detectors]
+        self._on_connection = [(d.name, d.on_connection) for d in self.detectors]
 
     def process(self, record: Record, emit: bool = True, key: str | None = None) -> list[Alert]:
         """Feed one record under its key (key given: a routed correlation key); returns its
@@ -74,15 +77,15 @@ class DetectorRunner:
             key = self.key(record)
         state = self.states.get(key)
         if state is None:
-            state = self.states[key] = KeyState(ChargePointContext(key))
+            state = self.states[key] = KeyState(ChargePointContext(key), {d.name: {} for d in self.detectors})
         state.newest_ts = max(state.newest_ts, record.ts)
         findings: list[Finding] = []
-        for det in self.detectors:
-            own = state.detectors.setdefault(det.name, {})
-            if isinstance(record, OcppMessage):
-                findings += det.on_message(record, state.context, own)
-            else:
-                findings += det.on_connection(record, state.context, own)
+        ctx, own = state.context, state.detectors
+        handlers = self._on_message if isinstance(record, OcppMessage) else self._on_connection
+        for name, handle in handlers:
+            found = handle(record, ctx, own[name])  # type: ignore[arg-type]
+            if found:
+                findings += found
         if self.track_context:
             state.context.apply(record)
         alerts = [self._collapse(state, key, f.about or record, f)

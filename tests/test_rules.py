@@ -92,3 +92,10 @@ def test_rule_file_errors_name_file_and_field(tmp_path: Path) -> None:
         load_rule(tmp_path / "x.yaml", yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="unknown field"):
         load_rule(tmp_path / "x.yaml", good + "\nextra: 1\n")
+
+
+def test_readme_rule_table_is_generated_from_the_rule_files() -> None:
+    from detectors.ruledoc import render
+
+    readme = (SAMPLES.parent.parent / "README.md").read_text()
+    assert render(readme) == readme, "README rule table is stale: run python -m detectors.ruledoc"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,8 @@ from chargewatch.alerts import SEVERITY_NAMES, iso_time
 from chargewatch.config import Config
 from chargewatch.embedded import AnalysisResult, analyze
 from chargewatch.store.sqlite import SqliteAlertStore
+
+PARALLEL_MIN_BYTES = 4 << 20  # below this, starting workers costs more than it saves
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--deadletter", type=Path, help="write undecodable input records here (JSON lines)")
     p.add_argument("--stats-json", type=Path, help="write counters and timing here as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="processes sharing the charge points (default: one per core, up to 4, for inputs "
+                        f"of {PARALLEL_MIN_BYTES >> 20} MiB or more; 1 for smaller ones)")
     p.set_defaults(run=run)
 
 
@@ -50,13 +56,24 @@ def run(args: argparse.Namespace, config: Config) -> int:
     return 1 if result.unreadable else 0
 
 
+def _workers(args: argparse.Namespace, total: int) -> int:
+    if args.workers > 0:
+        return int(args.workers)
+    return min(os.cpu_count() or 1, 4) if total >= PARALLEL_MIN_BYTES else 1
+
+
 def _analyze_with_progress(args: argparse.Namespace, config: Config) -> AnalysisResult:
+    total = sum(p.stat().st_size for p in args.paths if p.is_file())
+    workers = _workers(args, total)
     if args.no_progress:
-        return analyze(args.paths, config)
+        return analyze(args.paths, config, workers=workers)
     from tqdm import tqdm
 
-    total = sum(p.stat().st_size for p in args.paths if p.is_file())
     with tqdm(total=total, unit="B", unit_scale=True, desc="analyze", file=sys.stderr, disable=None) as bar:
+        if workers > 1:  # the workers cannot report progress: the bar completes at the end
+            result = analyze(args.paths, config, workers=workers)
+            bar.update(total)
+            return result
         return analyze(args.paths, config, progress=bar.update)
 
 
