@@ -179,7 +179,11 @@ def record_id_tag(record: Record) -> str | None:
     TransactionEvent, RemoteStart/RequestStartTransaction; None for anything else."""
     if not isinstance(record, OcppMessage) or record.message_type != MessageType.CALL:
         return None
-    payload = record.payload
+    return payload_id_tag(record.payload)
+
+
+def payload_id_tag(payload: Any) -> str | None:
+    """The idTag (1.6) or idToken.idToken (2.x) of a payload or list entry; None when absent or empty."""
     if not isinstance(payload, dict):
         return None
     tag = payload.get("idTag")

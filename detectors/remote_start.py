@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chargewatch.model import ConnectionEvent, Direction, MessageType, OcppMessage
+from chargewatch.model import ConnectionEvent, Direction, MessageType, OcppMessage, payload_id_tag
 from detectors.base import Finding, State
 from detectors.context import ChargePointContext
 from detectors.rules import Rule
@@ -53,7 +53,7 @@ class RemoteStartDetector:
         return []
 
     def _judge(self, msg: OcppMessage, state: State) -> list[Finding]:
-        tag = _token(msg.payload)
+        tag = payload_id_tag(msg.payload)
         watched = state["watch"][1]
         if tag is None or watched < self.warmup_s:
             return []
@@ -92,20 +92,9 @@ def _watch(state: State, ts: float) -> None:
         watch[0] = ts
 
 
-def _token(payload: Any) -> str | None:
-    """The idTag (1.6) or idToken.idToken (2.x) of a payload or list entry; None when absent or empty."""
-    if not isinstance(payload, dict):
-        return None
-    tag = payload.get("idTag")
-    if tag is None:
-        token = payload.get("idToken")
-        tag = token.get("idToken") if isinstance(token, dict) else None
-    return tag if isinstance(tag, str) and tag else None
-
-
 def _tags(action: str | None, payload: Any) -> list[str]:
     if action == "SendLocalList":
         entries = payload.get("localAuthorizationList") if isinstance(payload, dict) else None
-        return [t for t in map(_token, entries) if t is not None] if isinstance(entries, list) else []
-    tag = _token(payload)
+        return [t for t in map(payload_id_tag, entries) if t is not None] if isinstance(entries, list) else []
+    tag = payload_id_tag(payload)
     return [tag] if tag is not None else []
