@@ -14,19 +14,15 @@ answered recently (a duplicated answer is not an unknown one).
 
 from __future__ import annotations
 
-import copy
 from array import array
 from dataclasses import dataclass
 from typing import Any
 
-import fastjsonschema
-
 from chargewatch.model import ConnectionEvent, Direction, MessageType, OcppMessage
-from chargewatch.redaction import PSEUDONYM_PREFIX, REDACTED
 from detectors.base import Finding, State
 from detectors.context import MAX_PENDING_CALLS, ChargePointContext
 from detectors.rules import Rule
-from detectors.schemas import Validator, validator
+from detectors.schemas import Validator, first_violation, lenient_validator
 
 UNEXPECTED_RESPONSE = "CW-MITM-006"
 SLOW_ROUND_TRIP = "CW-MITM-007"
@@ -35,10 +31,6 @@ SLOW_ROUND_TRIP = "CW-MITM-007"
 # could not decode either (a dead letter), so its id cannot be matched and proves nothing.
 UNPARSED_FRAME_ERRORS = frozenset({"FormationViolation", "FormatViolation", "ProtocolError", "RpcFrameworkError",
                                    "MessageTypeNotSupported"})
-# A value valid for each JSON-schema format the OCPP schemas use (date-time, uri).
-FORMAT_PLACEHOLDERS = {"date-time": "2000-01-01T00:00:00Z", "uri": "http://placeholder.invalid/"}
-MAX_TOLERATED_VIOLATIONS = 16
-PSEUDONYM_LENGTH = len(PSEUDONYM_PREFIX) + 24
 CALL, CALLRESULT = int(MessageType.CALL), int(MessageType.CALLRESULT)
 ANSWERS = frozenset({int(MessageType.CALLRESULT), int(MessageType.CALLERROR)})
 _UNKNOWN: Any = object()  # not looked up yet (None: no schema)
@@ -148,23 +140,18 @@ class MitmResponseDetector:
     # --- CW-MITM-006: answers that do not fit ---------------------------------------------
 
     def _schema(self, msg: OcppMessage, request: OcppMessage) -> Finding | None:
-        """The answer against its action's response schema, with the compiled validator behind
-        ``detectors.schemas.validate`` (called directly: the tolerance needs the error's path)."""
+        """The answer against its action's response schema (tolerant of collector-written values)."""
         key = (msg.ocpp_version, request.action)
         check = self._checks.get(key, _UNKNOWN)
-        if check is _UNKNOWN:  # compiled once per (version, action): detectors.schemas.validator is cached
-            check = self._checks[key] = validator(key[0], key[1], True) if key[0] and key[1] else None
+        if check is _UNKNOWN:  # looked up once per (version, action); the validators are cached too
+            check = self._checks[key] = (lenient_validator(key[0], key[1], True, self.check_formats)
+                                         if key[0] and key[1] else None)
         if check is None:
             return None
-        try:
-            check(msg.payload)
-        except fastjsonschema.JsonSchemaValueException:
-            pass
-        else:
+        violation = first_violation(check, msg.payload)
+        if violation is None:
             return None
-        error = self._structural_error(check, msg.payload)
-        if error is None:
-            return None
+        error = str(violation.message)
         return Finding(
             UNEXPECTED_RESPONSE,
             f"{msg.sender}'s CALLRESULT to {request.action} {msg.message_id} does not fit the "
@@ -172,35 +159,6 @@ class MitmResponseDetector:
             {"kind": "response_schema", "responder": msg.sender, "request_action": request.action,
              "request_message_id": request.message_id, "request_ts": request.ts, "error": error,
              "payload": msg.payload})
-
-    def _structural_error(self, check: Validator, payload: Any) -> str | None:
-        """The first violation that is not a tolerated one, None when only tolerated ones remain.
-
-        Tolerated: violations by values the collector wrote (a pseudonym longer than the field
-        it replaced, ``[REDACTED]``), and unless check_formats, a malformed date-time/uri string
-        (sloppy implementations, not spoofing).
-        Each tolerated violation is patched in a copy and the copy validated again.
-        """
-        patched = copy.deepcopy(payload)
-        for _ in range(MAX_TOLERATED_VIOLATIONS):
-            try:
-                check(patched)
-            except fastjsonschema.JsonSchemaValueException as exc:
-                replacement = self._tolerated(exc)
-                if replacement is None or not _replace(patched, exc.path or [], replacement):
-                    return str(exc.message)
-                continue
-            return None
-        return "too many violations"
-
-    def _tolerated(self, exc: fastjsonschema.JsonSchemaValueException) -> Any:
-        """A valid stand-in for a value whose violation is not the responder's, else None."""
-        definition = exc.definition if isinstance(exc.definition, dict) else {}
-        if _collector_written(exc.value):
-            return _string_placeholder(definition)
-        if exc.rule == "format" and not self.check_formats:
-            return FORMAT_PLACEHOLDERS.get(str(definition.get("format")))
-        return None
 
     # --- CW-MITM-007 ----------------------------------------------------------------------
 
@@ -230,46 +188,3 @@ class MitmResponseDetector:
             {"responder": msg.sender, "request_action": request.action, "request_ts": request.ts,
              "round_trip_s": round(rtt, 6), "median_s": round(median, 6), "mad_s": round(mad, 6),
              "threshold_s": round(threshold, 6), "samples": samples})
-
-
-def _collector_written(value: Any) -> bool:
-    """A pseudonym or a redaction mark: written by the collector, not by the responder."""
-    return isinstance(value, str) and (value == REDACTED or (
-        len(value) == PSEUDONYM_LENGTH and value.startswith(PSEUDONYM_PREFIX)))
-
-
-def _string_placeholder(definition: dict[str, Any]) -> str:
-    """A string satisfying a string field's enum, format and length constraints."""
-    if definition.get("enum"):
-        return str(definition["enum"][0])
-    if definition.get("format") in FORMAT_PLACEHOLDERS:
-        return FORMAT_PLACEHOLDERS[str(definition["format"])]
-    return "x" * max(1, int(definition.get("minLength", 1)))
-
-
-def _replace(payload: Any, path: list[str], value: Any) -> bool:
-    """Set the element at a fastjsonschema error path (["data", "a", "0", ...]) in place."""
-    steps = path[1:]
-    if not steps:
-        return False
-    parent = _child(payload, steps[:-1])
-    last = steps[-1]
-    if isinstance(parent, list) and last.isdigit() and int(last) < len(parent):
-        parent[int(last)] = value
-        return True
-    if isinstance(parent, dict) and last in parent:
-        parent[last] = value
-        return True
-    return False
-
-
-def _child(node: Any, steps: list[str]) -> Any:
-    """The element steps lead to from node, None when they lead nowhere."""
-    for step in steps:
-        if isinstance(node, list) and step.isdigit() and int(step) < len(node):
-            node = node[int(step)]
-        elif isinstance(node, dict):
-            node = node.get(step)
-        else:
-            return None
-    return node

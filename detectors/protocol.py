@@ -2,30 +2,24 @@
 schema-invalid requests, and a second CALL while the sender's previous one is unanswered.
 
 The collector records framing facts as flags (``message_id_too_long``, …); this detector
-judges them. Schema checks use the official schemas of :mod:`detectors.schemas`, compiled once
-per (version, action). Values the collector replaced (idTag pseudonyms, ``[REDACTED]``
-secrets) no longer have their original length or type, so a violation on such a value is not
-the sender's: it is swapped for a schema-valid placeholder and the payload re-checked.
+judges them. Schema checks use :mod:`detectors.schemas` (compiled once per (version, action),
+tolerant of the values the collector replaced).
 """
 
 from __future__ import annotations
 
 import json
-import re
-from functools import cache
 from typing import Any
 
-import fastjsonschema
 from fastjsonschema import JsonSchemaValueException
 
 from chargewatch.catalog import Catalog
 from chargewatch.model import ConnectionEvent, Direction, MessageType, OcppMessage
-from chargewatch.redaction import REDACTED
 from detectors.base import Detector, Finding, State
 from detectors.context import ChargePointContext
 from detectors.protocol_session import SessionDetector
 from detectors.rules import Rule
-from detectors.schemas import Validator, schema_path, validator
+from detectors.schemas import first_violation, lenient_validator
 from detectors.security_events import SecurityEventDetector
 
 SCHEMA_INVALID = "CW-PROTO-002"
@@ -34,11 +28,8 @@ CONCURRENT_CALL = "CW-PROTO-004"
 MALFORMED_FRAMING = "CW-PROTO-006"
 
 FRAMING_FLAGS = frozenset({"message_id_too_long", "message_id_not_string", "message_type_not_in_version"})
-PSEUDONYM = re.compile(r"pt_[0-9a-f]{24}")
-MAX_SUBSTITUTIONS = 16  # [REDACTED] values swapped per payload before giving up (payloads hold a few)
 MAX_EVIDENCE_VALUE = 200
 MAX_TRACKED_CONNECTIONS = 32  # (connection, direction) slots of the outstanding-CALL check
-PLACEHOLDER_FORMATS = {"date-time": "1970-01-01T00:00:00Z", "uri": "http://placeholder.invalid/"}
 ANSWERS = (MessageType.CALLRESULT, MessageType.CALLERROR)
 
 
@@ -115,7 +106,7 @@ class ProtocolDetector:
             return [self._unknown(msg, version, action)]
         findings = self._send_misuse(msg, version, action) if version == "2.1" else []
         if self.check_schema:
-            check = request_validator(version, action, self.check_formats)
+            check = lenient_validator(version, action, False, self.check_formats)
             error = first_violation(check, msg.payload) if check is not None else None
             if error is not None:
                 findings.append(_schema_finding(msg, error))
@@ -164,88 +155,6 @@ def _answered(msg: OcppMessage, state: State) -> None:
 
 
 # --- schema validation ------------------------------------------------------------------
-
-
-@cache
-def request_validator(version: str, action: str, check_formats: bool) -> Validator | None:
-    """The compiled request validator (cached); without check_formats any date-time string passes,
-    as in the reference ``ocpp`` library, which checks no formats either."""
-    if check_formats:
-        return validator(version, action, False)
-    path = schema_path(version, action, False)
-    if path is None:
-        return None
-    schema = json.loads(path.read_text())
-    schema.pop("$id", None)
-    compiled: Validator = fastjsonschema.compile(schema, formats={"date-time": _any_text}, use_default=False)
-    return compiled
-
-
-def _any_text(value: str) -> bool:
-    return True
-
-
-def first_violation(check: Validator, payload: Any) -> JsonSchemaValueException | None:
-    """The first schema violation that is the sender's, None when the payload is valid.
-
-    A violation on a value the collector replaced is not: pseudonyms are swapped for a short
-    string all at once, other replaced values (``[REDACTED]``) one by one for a placeholder
-    valid at their place in the schema, and the payload is validated again.
-    """
-    pseudonyms_replaced = False
-    for _ in range(MAX_SUBSTITUTIONS):
-        try:
-            check(payload)
-        except JsonSchemaValueException as exc:
-            value = exc.value
-            if not isinstance(value, str) or not (value == REDACTED or PSEUDONYM.fullmatch(value)):
-                return exc
-            if value != REDACTED and not pseudonyms_replaced:
-                payload, pseudonyms_replaced = without_pseudonyms(payload), True
-            else:
-                payload = replace_at(payload, exc.path[1:], placeholder(exc.definition))
-        else:
-            return None
-    return None
-
-
-def without_pseudonyms(value: Any) -> Any:
-    """A copy of value with every collector pseudonym replaced by a one-character string."""
-    if isinstance(value, dict):
-        return {k: without_pseudonyms(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [without_pseudonyms(v) for v in value]
-    return "x" if isinstance(value, str) and PSEUDONYM.fullmatch(value) else value
-
-
-def placeholder(definition: Any) -> Any:
-    """A value that satisfies a leaf schema (enum, string, number, …)."""
-    schema = definition if isinstance(definition, dict) else {}
-    if schema.get("enum"):
-        return schema["enum"][0]
-    kind = schema.get("type")
-    kind = kind[0] if isinstance(kind, list) and kind else kind
-    if kind == "string":
-        return PLACEHOLDER_FORMATS.get(str(schema.get("format")), "x" * max(1, int(schema.get("minLength", 1))))
-    if kind in ("integer", "number"):
-        return schema.get("minimum", 0)
-    return {"boolean": False, "object": {}, "array": []}.get(str(kind))
-
-
-def replace_at(node: Any, path: list[str], value: Any) -> Any:
-    """A copy of node with the item at path (fastjsonschema path parts) set to value."""
-    if not path:
-        return value
-    head, rest = path[0], path[1:]
-    if isinstance(node, list) and head.isdigit() and int(head) < len(node):
-        items = list(node)
-        items[int(head)] = replace_at(node[int(head)], rest, value)
-        return items
-    if isinstance(node, dict):
-        fields = dict(node)
-        fields[head] = replace_at(node.get(head), rest, value)
-        return fields
-    return node
 
 
 def _schema_finding(msg: OcppMessage, error: JsonSchemaValueException) -> Finding:
