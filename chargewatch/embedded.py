@@ -17,7 +17,6 @@ from collectors.pcap import read_capture
 from collectors.stats import CollectorStats, DeadLetter
 from detectors.policy import load_policy
 from detectors.rules import apply_overrides, load_rules
-from detectors.runner import DetectorRunner
 from detectors.stages import Stages, build_stages
 
 
@@ -56,11 +55,6 @@ class _RunnerSink:
 
     def dead_letter(self, letter: DeadLetter) -> None:
         self.result.dead_letters.append(letter)
-
-
-def build_runner(config: Config) -> DetectorRunner:
-    """The per-charge-point runner: every registered detector, the shipped rules and the policy."""
-    return load_stages(config).local.runner
 
 
 def load_stages(config: Config) -> Stages:
