@@ -84,6 +84,9 @@ class OcppMessage:
     source: str = ""
     # Facts about the frame a detector may need, e.g. "message_id_not_string".
     flags: tuple[str, ...] = field(default=())
+    # IPv4 TTL / IPv6 hop limit of the packet that completed the frame; None for sources without
+    # IP headers (and in records written before the field existed).
+    ip_ttl: int | None = None
 
     @property
     def sender(self) -> str:

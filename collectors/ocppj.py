@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from chargewatch.errors import DecodeError
 from chargewatch.model import MessageType
 
@@ -19,6 +21,17 @@ MAX_MESSAGE_ID = 36
 # OCPP payloads nest a handful of levels; far deeper JSON is hostile and would exhaust the stack
 # (json.loads raises RecursionError, and so would the recursive redaction walk after it).
 MAX_JSON_DEPTH = 64
+# orjson turns integers beyond 64 bits into floats where the standard library keeps them exact;
+# they need 19 digits or more, which these find in one C-speed pass (every digit becomes "0").
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGITS = b"0" * 19
+# Message types as module constants: an enum attribute lookup per frame adds up on the hot path.
+CALL = MessageType.CALL
+CALLRESULT = MessageType.CALLRESULT
+CALLRESULTERROR = MessageType.CALLRESULTERROR
+SEND = MessageType.SEND
+WITH_ACTION = frozenset({CALL, SEND})  # types that carry an action
+RESPONSES = frozenset({CALLRESULT, MessageType.CALLERROR})  # types that answer a CALL
 
 
 class FrameError(DecodeError):
@@ -29,28 +42,29 @@ class FrameError(DecodeError):
         self.kind = kind
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Frame:
-    """The parts of one OCPP-J frame."""
+    """The parts of one OCPP-J frame (treated as immutable; not frozen, which is slow to build)."""
 
     message_type: int
     message_id: str
     action: str | None
     payload: Any
-    flags: tuple[str, ...]
+    flags: list[str]  # the caller may add its own (transport) flags
 
 
 def decode_frame(data: bytes, version: str | None) -> Frame:
     """Decode one WebSocket text message as OCPP-J."""
+    brackets = data.count(b"[") + data.count(b"{")  # an upper bound of the nesting depth
     try:
-        value = json.loads(data)
+        value = _loads(data, brackets <= MAX_JSON_DEPTH)
     except UnicodeDecodeError as exc:
         raise FrameError("invalid_utf8", f"frame is not UTF-8: {exc}") from exc
     except ValueError as exc:
         raise FrameError("invalid_json", f"frame is not JSON: {exc}") from exc
     except RecursionError as exc:
         raise FrameError("json_too_deep", f"frame nests deeper than the JSON decoder allows: {exc}") from exc
-    if data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH and _too_deep(value, MAX_JSON_DEPTH):
+    if brackets > MAX_JSON_DEPTH and _too_deep(value, MAX_JSON_DEPTH):
         raise FrameError("json_too_deep", f"frame nests more than {MAX_JSON_DEPTH} levels of arrays/objects")
     if not isinstance(value, list) or not value:
         raise FrameError("not_ocppj_array", f"frame is a JSON {type(value).__name__}, not an OCPP-J array")
@@ -62,11 +76,28 @@ def decode_frame(data: bytes, version: str | None) -> Frame:
     if len(value) != ARITY[mtype]:
         raise FrameError("bad_frame_shape", f"type {mtype} frame has {len(value)} elements, expected {ARITY[mtype]}")
     flags: list[str] = []
-    if mtype >= MessageType.CALLRESULTERROR and version not in (None, "2.1"):
+    if mtype >= CALLRESULTERROR and version not in (None, "2.1"):
         flags.append("message_type_not_in_version")
     message_id = _message_id(value[1], flags)
     action, payload = _body(mtype, value, flags)
-    return Frame(mtype, message_id, action, payload, tuple(flags))
+    return Frame(mtype, message_id, action, payload, flags)
+
+
+def _loads(data: bytes, shallow: bool) -> Any:
+    """json.loads, about twice as fast on plain frames.
+
+    The standard library stays the reference. orjson gets only shallow frames (nesting at most
+    MAX_JSON_DEPTH: a deep one must fail or pass exactly as json.loads decides) without a run of
+    19 digits (orjson would turn a 64-bit overflowing integer into a float); what it accepts, it
+    parses as json.loads does. Anything it refuses goes to json.loads, which accepts some of it
+    (NaN, Infinity, a BOM, lone surrogates) and raises the errors the counters are named after.
+    """
+    if shallow and _LONG_DIGITS not in data.translate(_DIGITS_TO_ZERO):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data)
 
 
 def _too_deep(value: Any, limit: int) -> bool:
@@ -91,14 +122,14 @@ def _message_id(raw: Any, flags: list[str]) -> str:
 
 
 def _body(mtype: int, value: list[Any], flags: list[str]) -> tuple[str | None, Any]:
-    if mtype in (MessageType.CALL, MessageType.SEND):
+    if mtype in WITH_ACTION:
         action, payload = value[2], value[3]
         if not isinstance(action, str):
             raise FrameError("bad_frame_shape", f"action {action!r} is not a string")
         if not isinstance(payload, dict):
             flags.append("payload_not_object")
         return action, payload
-    if mtype == MessageType.CALLRESULT:
+    if mtype == CALLRESULT:
         if not isinstance(value[2], dict):
             flags.append("payload_not_object")
         return None, value[2]

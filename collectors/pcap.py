@@ -26,11 +26,12 @@ def read_capture(path: Path, sink: Sink, redactor: Redactor, catalog: Catalog, m
     ctx = DecodeContext(sink=sink, stats=stats, redactor=redactor, catalog=catalog, source=path.name,
                         max_message=max_message, share_index=share[0], share_count=share[1])
     processor = PacketProcessor(ctx)
+    packet = processor.packet
     reader = CaptureReader(path)
     last_ts, done = 0.0, 0
-    for rec in reader:
-        processor.packet(rec.number, rec.ts, rec.linktype, rec.data)
-        last_ts = rec.ts
+    for number, ts, linktype, data in reader:
+        packet(number, ts, linktype, data)
+        last_ts = ts
         if progress is not None and reader.position - done >= 1 << 20:
             progress(reader.position - done)
             done = reader.position

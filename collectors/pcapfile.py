@@ -29,14 +29,9 @@ PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 MAX_RECORD = 1 << 20  # a record claiming more than 1 MiB is corrupt
 
 
-@dataclass(frozen=True, slots=True)
-class RawRecord:
-    """One captured frame: its 1-based number in the file, time, link type and bytes."""
-
-    number: int
-    ts: float
-    linktype: int
-    data: bytes
+# One captured frame: (1-based number in the file, time, link type, bytes). A plain tuple, not a
+# class: one is made per packet, and building a tuple costs a fraction of building an object.
+RawRecord = tuple[int, float, int, bytes]
 
 
 @dataclass
@@ -60,49 +55,52 @@ class CaptureReader:
         self.position = 0
 
     def __iter__(self) -> Iterator[RawRecord]:
+        # Not a generator itself: each record then passes through one generator, not two.
         try:
             handle = self.path.open("rb")
         except OSError as exc:
             raise CaptureError(f"{self.path}: cannot open: {exc}") from exc
-        with handle:
-            magic = handle.read(4)
-            if magic in PCAP_MAGICS:
-                yield from self._pcap(handle, magic)
-            elif magic == PCAPNG_MAGIC:
-                yield from self._pcapng()
-            else:
-                raise CaptureError(f"{self.path}: not a pcap or pcapng file (magic {magic.hex() or 'empty'})")
+        magic = handle.read(4)
+        if magic in PCAP_MAGICS:
+            return self._pcap(handle, magic)
+        handle.close()
+        if magic == PCAPNG_MAGIC:
+            return self._pcapng()
+        raise CaptureError(f"{self.path}: not a pcap or pcapng file (magic {magic.hex() or 'empty'})")
 
     def _pcap(self, f: BinaryIO, magic: bytes) -> Iterator[RawRecord]:
-        endian, unit = PCAP_MAGICS[magic]
-        header = f.read(20)
-        if len(header) < 20:
-            detail = f"{self.path}: file header cut at byte {4 + len(header)}"
-            self.problem = ReadProblem("truncated_file_header", detail)
-            return
-        linktype = struct.unpack(endian + "HHiIII", header)[5] & 0x0FFFFFFF
-        rec = struct.Struct(endian + "IIII")
-        offset, number, size = 24, 0, self.size
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            while offset < size:
-                if size - offset < 16:
-                    self.problem = ReadProblem("truncated_record", f"{self.path}: record header cut at byte {offset}")
-                    break
-                sec, frac, caplen, _wire = rec.unpack_from(buf, offset)
-                if caplen > MAX_RECORD:
-                    detail = f"{self.path}: record at byte {offset} claims {caplen} bytes"
-                    self.problem = ReadProblem("corrupt_record", detail)
-                    break
-                start = offset + 16
-                if start + caplen > size:
-                    detail = (f"{self.path}: record {number + 1} at byte {offset} cut after {size - start} "
-                              f"of {caplen} bytes")
-                    self.problem = ReadProblem("truncated_record", detail)
-                    break
-                number += 1
-                offset = start + caplen
-                self.position = offset
-                yield RawRecord(number, sec + frac * unit, linktype, buf[start:offset])
+        """Classic pcap records; closes f when done."""
+        with f:
+            endian, unit = PCAP_MAGICS[magic]
+            header = f.read(20)
+            if len(header) < 20:
+                detail = f"{self.path}: file header cut at byte {4 + len(header)}"
+                self.problem = ReadProblem("truncated_file_header", detail)
+                return
+            linktype = struct.unpack(endian + "HHiIII", header)[5] & 0x0FFFFFFF
+            rec = struct.Struct(endian + "IIII")
+            offset, number, size = 24, 0, self.size
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                while offset < size:
+                    if size - offset < 16:
+                        detail = f"{self.path}: record header cut at byte {offset}"
+                        self.problem = ReadProblem("truncated_record", detail)
+                        break
+                    sec, frac, caplen, _wire = rec.unpack_from(buf, offset)
+                    if caplen > MAX_RECORD:
+                        detail = f"{self.path}: record at byte {offset} claims {caplen} bytes"
+                        self.problem = ReadProblem("corrupt_record", detail)
+                        break
+                    start = offset + 16
+                    if start + caplen > size:
+                        detail = (f"{self.path}: record {number + 1} at byte {offset} cut after {size - start} "
+                                  f"of {caplen} bytes")
+                        self.problem = ReadProblem("truncated_record", detail)
+                        break
+                    number += 1
+                    offset = start + caplen
+                    self.position = offset
+                    yield number, sec + frac * unit, linktype, buf[start:offset]
 
     def _pcapng(self) -> Iterator[RawRecord]:
         from scapy.error import Scapy_Exception
@@ -134,4 +132,4 @@ class CaptureReader:
                 data, meta = block
                 number += 1
                 ts = (meta.tshigh << 32 | meta.tslow) / meta.tsresol
-                yield RawRecord(number, ts, meta.linktype, data)
+                yield number, ts, meta.linktype, data

@@ -1,45 +1,37 @@
 """Connection tracking: packets in, per-connection ordered bytes out to a ConnectionDecoder.
 
 The same :class:`PacketProcessor` serves pcap files and live capture, so both decode alike.
+
+Connections are found by flow key (raw address and port bytes, see :mod:`collectors.packets`);
+both directions' keys name the same :class:`TcpConnection`. Most packets take the fast path of
+:meth:`PacketProcessor.packet`: a data segment of a known connection, in order, handed straight
+to its decoder. Everything else (SYN, FIN, RST, new flows, out-of-order data) takes the general
+path, which is the reference behaviour the fast path must match.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from collectors.packets import ACK, FIN, RST, SYN, PacketError, PacketSkip, parse_segment
+from collectors.packets import ACK, FIN, RST, SYN, PacketError, PacketSkip, endpoints, parse_segment, reverse_key
 from collectors.session import ConnectionDecoder, DecodeContext
 from collectors.stats import CollectorStats, DeadLetter
-from collectors.tcp import HalfStream
+from collectors.tcp import SEQ_MOD, HalfStream
 
-Endpoint = tuple[str, int]
-FlowKey = tuple[Endpoint, Endpoint]
+_CONTROL = SYN | FIN | RST
 
 
-@dataclass
+@dataclass(eq=False, slots=True)
 class TcpConnection:
-    """One tracked TCP connection."""
+    """One tracked TCP connection; directions are named by their flow keys."""
 
-    client: Endpoint | None
+    keys: tuple[bytes, bytes]  # the flow keys of both directions (the first packet's first)
+    client: bytes | None  # the key of the client -> server direction, once known
     start_ts: float
-    halves: dict[Endpoint, HalfStream] = field(default_factory=dict)
-    fins: set[Endpoint] = field(default_factory=set)
+    halves: dict[bytes, HalfStream] = field(default_factory=dict)
+    fins: set[bytes] = field(default_factory=set)
     decoder: ConnectionDecoder | None = None
     midstream: bool = False
-
-
-def _feeder(decoder: ConnectionDecoder, from_client: bool, ts: float, ref: str) -> Callable[[bytes, bool], None]:
-    """The delivery callback of one direction: reassembled bytes into the connection decoder."""
-
-    def feed(data: bytes, gap: bool) -> None:
-        decoder.feed(from_client, data, ts, ref, gap)
-
-    return feed
-
-
-def _key(a: Endpoint, b: Endpoint) -> FlowKey:
-    return (a, b) if a <= b else (b, a)
 
 
 class PacketProcessor:
@@ -47,7 +39,7 @@ class PacketProcessor:
 
     def __init__(self, ctx: DecodeContext) -> None:
         self.ctx = ctx
-        self.connections: dict[FlowKey, TcpConnection] = {}
+        self.connections: dict[bytes, TcpConnection] = {}  # both flow keys of each connection
         # Packet-level counters belong to share 0 of a parallel analysis; the others count into scratch.
         self.stats = ctx.stats if ctx.primary else CollectorStats()
 
@@ -57,46 +49,62 @@ class PacketProcessor:
         stats.packets += 1
         stats.bytes += len(data)
         try:
-            seg = parse_segment(linktype, data)
+            key, seq, flags, payload, ttl = parse_segment(linktype, data)
         except PacketSkip as skip:
             stats.ignored[skip.reason] += 1
             return
         except PacketError as err:
             stats.error(err.reason)
             if self.ctx.primary:
-                self.ctx.sink.dead_letter(DeadLetter.of(ts, err.reason, "malformed packet", self._ref(number), data))
+                source = f"{self.ctx.source}#{number}"
+                self.ctx.sink.dead_letter(DeadLetter.of(ts, err.reason, "malformed packet", source, data))
             return
-        src, dst = (seg.src, seg.sport), (seg.dst, seg.dport)
-        if not seg.payload and not seg.flags & SYN and _key(src, dst) not in self.connections:
-            return  # a bare ACK/FIN/RST of a connection already closed (or never seen): nothing to track
-        conn = self._connection(src, dst, seg.flags, ts)
-        ref = self._ref(number)
-        if seg.flags & SYN:
-            conn.halves[src] = HalfStream(next_seq=(seg.seq + 1) % (1 << 32))
-        if seg.payload:
-            self._payload(conn, src, dst, seg.seq, seg.payload, ts, ref)
-        if seg.flags & (FIN | RST):
-            self._finish(conn, src, dst, seg.flags, ts)
-
-    def _ref(self, number: int) -> str:
-        return f"{self.ctx.source}#{number}"
-
-    def _connection(self, src: Endpoint, dst: Endpoint, flags: int, ts: float) -> TcpConnection:
-        key = _key(src, dst)
+        if not payload and not flags & _CONTROL:
+            return  # a bare ACK changes nothing, whatever connection it belongs to
         conn = self.connections.get(key)
+        if conn is None or flags & _CONTROL:
+            self._general(conn, key, seq, flags, payload, ts, number, ttl)
+            return
+        decoder = conn.decoder
+        if decoder is None:
+            self._payload(conn, key, seq, payload, ts, number, ttl)
+            return
+        if decoder.state == "foreign":
+            return  # another process of a parallel analysis decodes this connection
+        half = conn.halves.get(key)
+        if half is not None and half.advance(seq, len(payload)):
+            decoder.feed(key == conn.client, payload, ts, number, ttl, False)
+        else:
+            self._payload(conn, key, seq, payload, ts, number, ttl)
+
+    def _general(self, conn: TcpConnection | None, key: bytes, seq: int, flags: int, payload: bytes, ts: float,
+                 number: int, ttl: int) -> None:
+        """Any segment: connection set-up and tear-down, and the first packets of a flow."""
+        if conn is None and not payload and not flags & SYN:
+            return  # a bare ACK/FIN/RST of a connection already closed (or never seen): nothing to track
+        conn = self._connection(conn, key, flags, ts)
+        if flags & SYN:
+            conn.halves[key] = HalfStream(next_seq=(seq + 1) % SEQ_MOD)
+        if payload:
+            self._payload(conn, key, seq, payload, ts, number, ttl)
+        if flags & (FIN | RST):
+            self._finish(conn, key, flags, ts)
+
+    def _connection(self, conn: TcpConnection | None, key: bytes, flags: int, ts: float) -> TcpConnection:
         is_syn = flags & SYN and not flags & ACK
         if conn is not None and is_syn and (conn.fins or conn.decoder is not None):
-            self._close(key, conn, ts, observed=True)  # port reuse: a new connection
+            self._close(conn, ts, observed=True)  # port reuse: a new connection
             conn = None
         if conn is None:
-            client = src if is_syn else (dst if flags & SYN else None)
-            conn = TcpConnection(client=client, start_ts=ts)
-            self.connections[key] = conn
+            reverse = reverse_key(key)
+            client = key if is_syn else (reverse if flags & SYN else None)
+            conn = TcpConnection(keys=(key, reverse), client=client, start_ts=ts)
+            self.connections[key] = self.connections[reverse] = conn
             self.stats.tcp_connections += 1
         return conn
 
-    def _payload(self, conn: TcpConnection, src: Endpoint, dst: Endpoint, seq: int, payload: bytes,
-                 ts: float, ref: str) -> None:
+    def _payload(self, conn: TcpConnection, key: bytes, seq: int, payload: bytes, ts: float, number: int,
+                 ttl: int) -> None:
         if conn.midstream or (conn.decoder is not None and conn.decoder.state == "foreign"):
             return
         if conn.client is None:
@@ -104,29 +112,36 @@ class PacketProcessor:
                 conn.midstream = True
                 self.stats.ignored["midstream_connection"] += 1
                 return
-            conn.client = src
+            conn.client = key
         if conn.decoder is None:
-            server = dst if conn.client == src else src
-            conn.decoder = ConnectionDecoder(self.ctx, conn.client, server, conn.start_ts)
-        half = conn.halves.setdefault(src, HalfStream())
-        half.accept(seq, payload, _feeder(conn.decoder, src == conn.client, ts, ref))
+            client, server = endpoints(conn.client)
+            conn.decoder = ConnectionDecoder(self.ctx, client, server, conn.start_ts)
+        half = conn.halves.get(key)
+        if half is None:
+            half = conn.halves[key] = HalfStream()
+        from_client = key == conn.client
+        for chunk, gap in half.accept(seq, payload):
+            conn.decoder.feed(from_client, chunk, ts, number, ttl, gap)
 
-    def _finish(self, conn: TcpConnection, src: Endpoint, dst: Endpoint, flags: int, ts: float) -> None:
-        conn.fins.add(src)
+    def _finish(self, conn: TcpConnection, key: bytes, flags: int, ts: float) -> None:
+        conn.fins.add(key)
         if flags & RST or len(conn.fins) == 2:
-            self._close(_key(src, dst), conn, ts, observed=True)
+            self._close(conn, ts, observed=True)
 
-    def _close(self, key: FlowKey, conn: TcpConnection, ts: float, observed: bool) -> None:
+    def _close(self, conn: TcpConnection, ts: float, observed: bool) -> None:
         decoder = conn.decoder
         if decoder is not None:
-            for endpoint, half in conn.halves.items():
-                feed = _feeder(decoder, endpoint == conn.client, ts, decoder.last_ref)
-                while half.skip_hole(feed):
+            for key, half in conn.halves.items():
+                chunks: list[tuple[bytes, bool]] = []
+                while half.skip_hole(chunks):
                     pass
+                for chunk, gap in chunks:  # no packet of their own: they keep the last packet's reference
+                    decoder.feed(key == conn.client, chunk, ts, decoder.last_number, None, gap)
             decoder.close(ts, observed)
-        self.connections.pop(key, None)
+        for key in conn.keys:
+            self.connections.pop(key, None)
 
     def finish(self, ts: float) -> None:
         """End of input: flush every connection still open (not reported as closed)."""
-        for key, conn in list(self.connections.items()):
-            self._close(key, conn, ts, observed=False)
+        for conn in {id(c): c for c in self.connections.values()}.values():
+            self._close(conn, ts, observed=False)

@@ -32,9 +32,12 @@ def unmask(data: bytes, mask: bytes) -> bytes:
     return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WsMessage:
-    """A complete data message (text or binary), decompressed."""
+    """A complete data message (text or binary), decompressed.
+
+    Treated as immutable; not frozen because frozen dataclasses are slow to build (one per message).
+    """
 
     opcode: int
     data: bytes
@@ -72,14 +75,23 @@ class _Partial:
 
 
 class FrameDecoder:
-    """Incremental decoder of one direction's WebSocket byte stream."""
+    """Incremental decoder of one direction's WebSocket byte stream.
+
+    Frames are parsed in place from the chunk fed (usually one TCP segment holding whole frames);
+    only the incomplete frame at its end is buffered, and re-parsed once enough bytes arrived.
+    """
 
     def __init__(self, deflate: DeflateParams | None, max_message: int) -> None:
         self.deflate = deflate
         self.max_message = max_message
+        self._no_takeover = deflate is not None and deflate.no_context_takeover
+        # First bytes _check_header always accepts when no message is in progress: FIN + text or
+        # binary, with RSV1 (compressed) when permessage-deflate was negotiated.
+        self._plain_heads = frozenset({0x81, 0x82, 0xC1, 0xC2} if deflate else {0x81, 0x82})
         self._inflater = zlib.decompressobj(-15) if deflate else None
-        self._buf = bytearray()
-        self._skip = 0
+        self._buf = bytearray()  # the start of an incomplete frame
+        self._need = 0  # bytes _buf must hold before parsing it again can make progress
+        self._skip = 0  # payload bytes of an oversized frame still to drop
         self._partial: _Partial | None = None
         self.desynced = False
         self.undecoded_bytes = 0
@@ -87,58 +99,81 @@ class FrameDecoder:
 
     def feed(self, data: bytes) -> list[WsMessage | WsProblem]:
         """Decode what data completes; returns messages and problems in stream order."""
+        out: list[WsMessage | WsProblem] = []
         if self.desynced:
             self.undecoded_bytes += len(data)
-            return []
-        self._buf += data
-        out: list[WsMessage | WsProblem] = []
-        while not self.desynced and self._step(out):
-            pass
+            return out
+        if self._buf:
+            self._buf += data
+            if len(self._buf) < self._need:
+                return out
+            data = bytes(self._buf)
+            self._buf.clear()
+        end = self._parse(data, out)
+        if end < len(data) and not self.desynced:
+            self._buf += memoryview(data)[end:]
         return out
 
-    def _step(self, out: list[WsMessage | WsProblem]) -> bool:
-        buf = self._buf
-        if self._skip:
-            n = min(self._skip, len(buf))
-            del buf[:n]
-            self._skip -= n
-            return bool(buf) and not self._skip
-        if len(buf) < 2:
-            return False
-        b0, b1 = buf[0], buf[1]
-        length, pos = b1 & 0x7F, 2
-        if length == 126:
-            if len(buf) < 4:
-                return False
-            length, pos = int.from_bytes(buf[2:4], "big"), 4
-        elif length == 127:
-            if len(buf) < 10:
-                return False
-            length, pos = int.from_bytes(buf[2:10], "big"), 10
-            if length >> 63:
-                return self._desync(out, "ws_bad_length", "64-bit length with the top bit set")
-        masked = bool(b1 & 0x80)
-        mask = b""
-        if masked:
-            if len(buf) < pos + 4:
-                return False
-            mask, pos = bytes(buf[pos:pos + 4]), pos + 4
-        problem = self._check_header(b0, length)
-        if problem:
-            return self._desync(out, problem[0], problem[1])
-        if length > self.max_message and (b0 & 0x0F) < 8:
-            del buf[:pos]
-            self._skip = length
-            self._oversized(b0, length, pos, out)
-            return True
-        if len(buf) < pos + length:
-            return False
-        payload = bytes(buf[pos:pos + length])
-        del buf[:pos + length]
-        if masked:
-            payload = unmask(payload, mask)
-        self._frame(b0, payload, pos + length, masked, out)
-        return True
+    def _parse(self, data: bytes, out: list[WsMessage | WsProblem]) -> int:
+        """Decode the frames in data; returns where the first incomplete frame starts (len(data) if none)."""
+        size = len(data)
+        pos = min(self._skip, size)
+        self._skip -= pos
+        while pos < size:
+            # hlen grows as the header is read; whenever data ends first, _need says how much must arrive.
+            hlen = 2
+            if size - pos < hlen:
+                return self._incomplete(pos, hlen)
+            b0, length = data[pos], data[pos + 1] & 0x7F
+            if length == 126:
+                hlen = 4
+                if size - pos < hlen:
+                    return self._incomplete(pos, hlen)
+                length = int.from_bytes(data[pos + 2:pos + 4], "big")
+            elif length == 127:
+                hlen = 10
+                if size - pos < hlen:
+                    return self._incomplete(pos, hlen)
+                length = int.from_bytes(data[pos + 2:pos + 10], "big")
+                if length >> 63:
+                    return self._desync(data, pos, out, "ws_bad_length", "64-bit length with the top bit set")
+            masked = data[pos + 1] & 0x80
+            if masked:
+                hlen += 4
+                if size - pos < hlen:
+                    return self._incomplete(pos, hlen)
+            # Skip the full check for the usual first byte of a frame that starts a message on its own.
+            problem = None if b0 in self._plain_heads and self._partial is None else self._check_header(b0, length)
+            if problem:
+                return self._desync(data, pos, out, problem[0], problem[1])
+            if length > self.max_message and (b0 & 0x0F) < 8:
+                pos += hlen  # the header is consumed; the payload is dropped as it arrives
+                self._skip = length
+                self._oversized(b0, length, hlen, out)
+                if self.desynced:
+                    self.undecoded_bytes += size - pos
+                    return size
+                skipped = min(self._skip, size - pos)
+                self._skip -= skipped
+                pos += skipped
+                continue
+            end = pos + hlen + length
+            if end > size:
+                return self._incomplete(pos, hlen + length)
+            payload = data[pos + hlen:end]
+            if masked:
+                payload = unmask(payload, data[pos + hlen - 4:pos + hlen])
+            pos = end
+            self._frame(b0, payload, hlen + length, bool(masked), out)
+            if self.desynced:
+                self.undecoded_bytes += size - pos
+                return size
+        return pos
+
+    def _incomplete(self, pos: int, need: int) -> int:
+        """The frame at pos needs need bytes in all: stop parsing there until they arrived."""
+        self._need = need
+        return pos
 
     def _check_header(self, b0: int, length: int) -> tuple[str, str] | None:
         opcode, fin, rsv = b0 & 0x0F, b0 & 0x80, b0 & 0x70
@@ -161,6 +196,18 @@ class FrameDecoder:
                 self.close_code = int.from_bytes(payload[:2], "big")
             return
         partial = self._partial
+        if fin and partial is None:
+            # A whole message in one frame, the common case: what _finish would make of a one-chunk
+            # _Partial (never oversized here, _parse sent larger frames to _oversized).
+            compressed = bool(b0 & 0x40)
+            if compressed:
+                inflated = self._inflate(payload)
+                if isinstance(inflated, WsProblem):
+                    out.append(inflated)
+                    return
+                payload = inflated
+            out.append(WsMessage(opcode, payload, wire, compressed, masked))
+            return
         if partial is None:
             partial = self._partial = _Partial(opcode, bool(b0 & 0x40), masked)
         partial.chunks.append(payload)
@@ -187,11 +234,10 @@ class FrameDecoder:
 
     def _finish(self, partial: _Partial) -> WsMessage | WsProblem:
         if partial.oversized:
-            if partial.compressed and self._inflater is not None and not self._no_takeover():
-                # The shared compression context now lacks this message: later ones cannot be decoded.
+            if partial.compressed and self._inflater is not None and not self._no_takeover:
+                # The shared compression context now lacks this message: later ones cannot be decoded
+                # (_parse counts the rest of the chunk as undecoded).
                 self.desynced = True
-                self.undecoded_bytes += len(self._buf)
-                self._buf.clear()
             detail = f"message of {partial.wire} wire bytes exceeds {self.max_message}"
             return WsProblem("oversized_message", detail, False)
         data = b"".join(partial.chunks)
@@ -202,11 +248,8 @@ class FrameDecoder:
             data = inflated
         return WsMessage(partial.opcode, data, partial.wire, partial.compressed, partial.masked)
 
-    def _no_takeover(self) -> bool:
-        return self.deflate is not None and self.deflate.no_context_takeover
-
     def _inflate(self, data: bytes) -> bytes | WsProblem:
-        if self._no_takeover() or self._inflater is None or self._inflater.eof:
+        if self._no_takeover or self._inflater is None or self._inflater.eof:
             # eof: the last message ended its deflate stream (BFINAL, RFC 7692 7.2.3.3), so its sender
             # had to start a new one; a finished inflater would silently turn every later message into b"".
             self._inflater = zlib.decompressobj(-15)
@@ -220,10 +263,9 @@ class FrameDecoder:
             return WsProblem("oversized_message", f"message inflates beyond {self.max_message} bytes", False)
         return result
 
-    def _desync(self, out: list[WsMessage | WsProblem], kind: str, detail: str) -> bool:
+    def _desync(self, data: bytes, pos: int, out: list[WsMessage | WsProblem], kind: str, detail: str) -> int:
+        """A framing error at pos: the rest of this direction is counted, not decoded."""
         self.desynced = True
-        raw = bytes(self._buf[:64])
-        self.undecoded_bytes += len(self._buf)
-        self._buf.clear()
-        out.append(WsProblem(kind, detail + "; rest of this direction not decoded", True, raw))
-        return False
+        self.undecoded_bytes += len(data) - pos
+        out.append(WsProblem(kind, detail + "; rest of this direction not decoded", True, data[pos:pos + 64]))
+        return len(data)

@@ -29,7 +29,12 @@ class Finding:
 
 
 class Detector(Protocol):
-    """A stateful check. Time comes from the records, never from the clock."""
+    """A stateful check. Time comes from the records, never from the clock.
+
+    A detector may also have ``actions: frozenset[str] | None``: the OCPP actions whose
+    messages it wants (responses carry their CALL's action). The runner then hands it only
+    those; absent or None, it gets every message. Connection events go to every detector.
+    """
 
     name: str
     rule_ids: tuple[str, ...]

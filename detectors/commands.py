@@ -6,15 +6,14 @@
 - CW-CMD-005: UnlockConnector on a connector whose transaction we watched start and not end.
 - CW-CMD-008: certificate management over a connection we saw open without TLS.
 
-The other command rules live in their own modules. :func:`command_detectors` puts them all
-behind one runner entry, :class:`CommandFamily`, which hands each message only to the parts
-that handle its action: one call per message on the hot path instead of one per part.
+The other command rules live in their own modules; :func:`command_detectors` lists them all.
+Each names the actions it handles, and the runner hands it only those.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from chargewatch.catalog import BOTH, CSMS_INITIATED, Catalog
 from chargewatch.errors import ConfigError
@@ -36,46 +35,10 @@ PKI_IN_CLEAR = "CW-CMD-008"
 MAX_SERVERS = 8
 
 
-class CommandPart(Detector, Protocol):
-    """A detector of the family; actions None means it wants every message."""
-
-    actions: frozenset[str] | None
-
-
 def command_detectors(rules: dict[str, Rule], catalog: Catalog, policy: Policy) -> list[Detector]:
-    """The unauthorized-command family as runner entries."""
-    parts: list[CommandPart] = [CommandDetector(rules, catalog, policy), TransferUrlDetector(rules, policy),
-                                ConfigWeakeningDetector(rules, policy), RemoteStartDetector(rules),
-                                ChargingProfileDetector(rules, policy)]
-    return [CommandFamily(parts, rules)]
-
-
-class CommandFamily:
-    """Every part with an enabled rule, dispatched by action; each part keeps its own state."""
-
-    name: str = "commands"
-
-    def __init__(self, parts: list[CommandPart], rules: dict[str, Rule]) -> None:
-        self.rule_ids: tuple[str, ...] = tuple(r for p in parts for r in p.rule_ids)
-        self.parts = [p for p in parts if any(rules[r].enabled for r in p.rule_ids)]
-        self.every = tuple(p for p in self.parts if p.actions is None)
-        listed = {a for p in self.parts for a in p.actions or ()}
-        self.by_action = {a: tuple(p for p in self.parts if p.actions is None or a in p.actions) for a in listed}
-
-    def on_connection(self, event: ConnectionEvent, ctx: ChargePointContext, state: State) -> list[Finding]:
-        found: list[Finding] = []
-        for part in self.parts:
-            found += part.on_connection(event, ctx, state.setdefault(part.name, {}))
-        return found
-
-    def on_message(self, msg: OcppMessage, ctx: ChargePointContext, state: State) -> list[Finding]:
-        found: list[Finding] = []
-        for part in self.by_action.get(msg.action or "", self.every):
-            own = state.get(part.name)
-            if own is None:
-                own = state[part.name] = {}
-            found += part.on_message(msg, ctx, own)
-        return found
+    """The unauthorized-command family; each part names the actions it handles (``actions``)."""
+    return [CommandDetector(rules, catalog, policy), TransferUrlDetector(rules, policy),
+            ConfigWeakeningDetector(rules, policy), RemoteStartDetector(rules), ChargingProfileDetector(rules, policy)]
 
 
 def sensitive_actions(rule: Rule, catalog: Catalog) -> frozenset[str]:

@@ -21,10 +21,10 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from chargewatch.model import MessageType, OcppMessage
+from detectors.ocpptime import parse_time
 
 REGISTER = "Energy.Active.Import.Register"
 UNIT_WH = {"Wh": 1.0, "kWh": 1000.0}
@@ -97,16 +97,6 @@ class TxUpdate:
     session: Session
     event: str
     readings: tuple[Reading, ...]
-
-
-def parse_time(value: Any) -> float | None:
-    """Epoch seconds of an OCPP dateTime, None when absent or malformed."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        return None
 
 
 def register_wh(sampled: Any, version: str | None) -> float | None:

@@ -6,10 +6,10 @@
 * :mod:`detectors.mitm_posture`: the security profile connections use (003 Basic auth over
   plain ws://, 005 profile downgrade or below policy, 008 plain ws:// without auth);
 * :mod:`detectors.mitm_responses`: the answers (006 answer without a request or not fitting
-  it, 007 round trip far above the baseline).
+  it, 007 round trip far above the baseline);
+* :mod:`detectors.mitm_ttl`: 009, the IP TTL of one side of a connection changing.
 
-Not covered: IP TTL / hop-count changes (no collector reports them yet), and falling meter
-registers (the transaction rules own those).
+Falling meter registers belong to the transaction rules.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from detectors.base import Detector
 from detectors.mitm_posture import MitmPostureDetector
 from detectors.mitm_responses import MitmResponseDetector
 from detectors.mitm_session import MitmSessionDetector
+from detectors.mitm_ttl import HopCountDetector
 from detectors.policy import Policy
 from detectors.rules import Rule
 
 
 def mitm_detectors(rules: dict[str, Rule], policy: Policy) -> list[Detector]:
     """The MITM detectors, configured from their rules and the policy."""
-    return [MitmSessionDetector(rules), MitmPostureDetector(rules, policy), MitmResponseDetector(rules)]
+    return [MitmSessionDetector(rules), MitmPostureDetector(rules, policy), MitmResponseDetector(rules),
+            HopCountDetector(rules)]

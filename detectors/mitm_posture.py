@@ -59,6 +59,7 @@ class MitmPostureDetector:
 
     name: str = "mitm_posture"
     rule_ids: tuple[str, ...] = (BASIC_PLAINTEXT, PROFILE_DOWNGRADE, NO_AUTH_PLAINTEXT)
+    actions: frozenset[str] | None = frozenset()  # judges connections only
 
     def __init__(self, rules: dict[str, Rule], policy: Policy) -> None:
         self.policy = policy

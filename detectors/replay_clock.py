@@ -26,12 +26,12 @@ current message may be a drain that began before the capture, and stays silent.
 from __future__ import annotations
 
 from collections import OrderedDict
-from datetime import UTC, datetime
 from typing import Any
 
 from chargewatch.model import OcppMessage
 from detectors.base import Finding, State
 from detectors.context import ChargePointContext
+from detectors.ocpptime import iso_time, parse_time
 from detectors.rules import Rule
 
 CLOCK_SKEW = "CW-REPLAY-004"
@@ -40,24 +40,6 @@ QUEUES = {"StartTransaction": "transaction", "StopTransaction": "transaction", "
           "TransactionEvent": "transaction", "StatusNotification": "status",
           "SecurityEventNotification": "security"}
 MAX_TRACKED_CONNECTIONS = 8
-
-
-def parse_time(value: Any) -> float | None:
-    """Epoch seconds of an OCPP dateTime (RFC 3339; a missing zone reads as UTC), None if malformed."""
-    if not isinstance(value, str) or len(value) > 40:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
-def iso_time(ts: float) -> str:
-    """A capture time for a human-readable reason (UTC, milliseconds)."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def claimed_time(action: str | None, payload: dict[str, Any]) -> tuple[str, str, float] | None:

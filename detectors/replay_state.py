@@ -23,8 +23,9 @@ from typing import Any
 from chargewatch.model import ConnectionEvent, MessageType, OcppMessage
 from detectors.base import Finding, State
 from detectors.context import ChargePointContext
+from detectors.ocpptime import iso_time
 from detectors.replay import content_digest
-from detectors.replay_clock import CLOCK_SKEW, ClockSkewCheck, event_time, iso_time, note_csms_time
+from detectors.replay_clock import CLOCK_SKEW, ClockSkewCheck, event_time, note_csms_time
 from detectors.rules import Rule
 
 ANSWERED_TWICE = "CW-REPLAY-003"

@@ -21,7 +21,7 @@ named after the key is handed to detectors but never filled (it would mix charge
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,14 @@ from chargewatch.model import ConnectionEvent, KeyFn, OcppMessage, Record, recor
 from detectors.base import Detector, Finding, State
 from detectors.context import ChargePointContext
 from detectors.rules import Rule
+
+Handler = tuple[str, Callable[[Any, ChargePointContext, State], list[Finding]]]
+
+
+def _actions(detector: Detector) -> frozenset[str] | None:
+    """The actions a detector wants (None: every message); see :class:`detectors.base.Detector`."""
+    wanted: frozenset[str] | None = getattr(detector, "actions", None)
+    return wanted
 
 
 @dataclass
@@ -65,9 +73,14 @@ class DetectorRunner:
         self.lateness_s = lateness_s
         self.states: dict[str, KeyState] = {}
         self.processed = 0
-        # Bound handlers, looked up once (this loop runs for every record).
-        self._on_message = [(d.name, d.on_message) for d in self.detectors]
-        self._on_connection = [(d.name, d.on_connection) for d in self.detectors]
+        # Bound handlers, looked up once and grouped by action (this loop runs for every record):
+        # a detector that declares its actions is not called for any other.
+        self._on_connection: list[Handler] = [(d.name, d.on_connection) for d in self.detectors]
+        self._every: list[Handler] = [(d.name, d.on_message) for d in self.detectors if _actions(d) is None]
+        listed = {a for d in self.detectors for a in _actions(d) or ()}
+        self._by_action: dict[str, list[Handler]] = {
+            a: [(d.name, d.on_message) for d in self.detectors if (wanted := _actions(d)) is None or a in wanted]
+            for a in listed}
 
     def process(self, record: Record, emit: bool = True, key: str | None = None) -> list[Alert]:
         """Feed one record under its key (key given: a routed correlation key); returns its
@@ -81,9 +94,12 @@ class DetectorRunner:
         state.newest_ts = max(state.newest_ts, record.ts)
         findings: list[Finding] = []
         ctx, own = state.context, state.detectors
-        handlers = self._on_message if isinstance(record, OcppMessage) else self._on_connection
+        if isinstance(record, OcppMessage):
+            handlers: list[Handler] = self._by_action.get(record.action or "", self._every)
+        else:
+            handlers = self._on_connection
         for name, handle in handlers:
-            found = handle(record, ctx, own[name])  # type: ignore[arg-type]
+            found = handle(record, ctx, own[name])
             if found:
                 findings += found
         if self.track_context:

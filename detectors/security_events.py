@@ -113,6 +113,7 @@ class SecurityEventDetector:
 
     name: str = "security_events"
     rule_ids: tuple[str, ...] = (CRITICAL_EVENT, INTEGRITY_EVENT, ROUTINE_EVENT, UNKNOWN_EVENT, EXPECTED_EVENT)
+    actions: frozenset[str] | None = frozenset({"SecurityEventNotification"} | {a for a, _ in EXPLAINERS})
 
     def __init__(self, rules: dict[str, Rule]) -> None:
         self.index = event_index()

@@ -35,6 +35,7 @@ class TransactionDetector:
 
     name: str = "transactions"
     rule_ids: tuple[str, ...] = (TOO_MUCH_ENERGY, REGISTER_BACKWARDS, STOP_BELOW_START, TOO_LONG, UNSEEN_REMOTE_STOP)
+    actions: frozenset[str] | None = TRACKED
 
     def __init__(self, rules: dict[str, Rule], policy: Policy) -> None:
         self.policy = policy

@@ -247,9 +247,14 @@ class TcpFlow:
         server_mac: str = "02:00:00:00:00:02",
         client_isn: int | None = None,
         server_isn: int | None = None,
+        ttl: int = 64,
     ) -> None:
-        """Describe the connection; nothing is written until a method sends a packet."""
+        """Describe the connection; nothing is written until a method sends a packet.
+
+        ``ttl`` is the IPv4 TTL / IPv6 hop limit of every packet; set ``flow.ttl`` to change it.
+        """
         self.writer = writer
+        self.ttl = ttl
         self.now = t0
         self.tick = tick
         self.window = window
@@ -316,10 +321,10 @@ class TcpFlow:
         total = self._pseudo + _csum_sum(tcp + struct.pack("!H", seg_len) + payload)
         tcp = tcp[:16] + _csum_finish(total) + tcp[18:]
         if self.v6:
-            ip = struct.pack("!IHBB", 0x60000000, seg_len, 6, 64) + src.ip + dst.ip
+            ip = struct.pack("!IHBB", 0x60000000, seg_len, 6, self.ttl) + src.ip + dst.ip
         else:
             src.ip_id = (src.ip_id + 1) & 0xFFFF
-            head = struct.pack("!BBHHHBB", 0x45, 0, 20 + seg_len, src.ip_id, 0x4000, 64, 6)
+            head = struct.pack("!BBHHHBB", 0x45, 0, 20 + seg_len, src.ip_id, 0x4000, self.ttl, 6)
             addrs = src.ip + dst.ip
             ip = head + _csum_finish(_csum_sum(head + addrs)) + addrs
         self.writer.write(self.now, self._eth[from_client] + ip + tcp + payload)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from chargewatch.model import ConnectionEvent
+from chargewatch.model import ConnectionEvent, OcppMessage
 from collectors.stats import CollectorStats
 from tests.collector_helpers import REDACTOR, capture, client_frame, decode, server_frame, texts, upgraded_flow
 from tests.pcapgen import ACK, PcapWriter, TcpFlow, http_upgrade_request, http_upgrade_response, ocpp_session
@@ -298,3 +298,28 @@ def test_port_reuse_gives_two_connections(tmp_path: Path) -> None:
     assert [m.message_id for m in sink.messages] == ["h1", "h2"]
     assert len({m.connection_id for m in sink.messages}) == 2
     assert counts(stats) == (2, 2, 2, 4, {}, {})
+
+
+@pytest.mark.parametrize(("server", "client"), [(("127.0.0.1", 9000), ("127.0.0.1", 40000)),
+                                                (("fd00::2", 9000), ("fd00::1", 40000))], ids=["ipv4", "ipv6"])
+def test_records_carry_the_ttl_of_the_packet_completing_the_frame(tmp_path: Path, server: tuple[str, int],
+                                                                   client: tuple[str, int]) -> None:
+    def build(w: PcapWriter) -> None:
+        flow = upgraded_flow(w, server=server, client=client)
+        frame = client_frame(BOOT)
+        flow.ttl = 99
+        flow.send(True, frame[:50])  # the frame's first bytes ...
+        flow.ttl = 61
+        flow.send(True, frame[50:])  # ... and the segment completing it
+        flow.ttl = 128
+        flow.send(False, server_frame(BOOT_OK))
+        flow.close()
+
+    stats, sink = decode(capture(tmp_path / "ttl.pcap", build))
+    assert [(m.direction.value, m.message_id, m.ip_ttl) for m in sink.messages] == [
+        ("cp->csms", "b1", 61), ("csms->cp", "b1", 128)]
+    assert counts(stats) == (1, 1, 2, 2, {}, {})
+    record = sink.messages[0]
+    assert OcppMessage.from_dict(record.to_dict()) == record
+    old = {k: v for k, v in record.to_dict().items() if k != "ip_ttl"}  # written before the field existed
+    assert OcppMessage.from_dict(old).ip_ttl is None
