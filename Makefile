@@ -35,9 +35,10 @@ lint:
 unit:
 	$(PYTHON) -m pytest -m "not services" -q
 
-bench:  ## full benchmarks: analyze vs tshark on a 120k-packet capture; detector throughput and memory
+bench:  ## full benchmarks: analyze vs tshark on a 120k-packet capture; detector throughput and memory; proxy latency
 	$(PYTHON) bench/bench_analyze.py
 	$(PYTHON) bench/bench_detectors.py
+	$(PYTHON) bench/bench_proxy.py
 
 # The whole suite: installs, starts the real services, runs everything, stops them.
 test: install-dev system-deps lint
@@ -45,6 +46,7 @@ test: install-dev system-deps lint
 	status=0; $(PYTHON) -m pytest -q || status=$$?; \
 	$(PYTHON) bench/bench_analyze.py --smoke || status=$$?; \
 	$(PYTHON) bench/bench_detectors.py --smoke || status=$$?; \
+	$(PYTHON) bench/bench_proxy.py --smoke || status=$$?; \
 	$(PYTHON) -m chargewatch.devstack down || true; \
 	exit $$status
 

@@ -60,10 +60,28 @@ class RedactionConfig:
 
 @dataclass(frozen=True)
 class CollectorConfig:
-    """Limits applied while decoding captures."""
+    """Collector settings: decoding limits, where counters go."""
 
     max_message_bytes: int = 1_048_576
     # Ports are not required: any TCP stream that starts with a WebSocket upgrade is decoded.
+    # Where long-running collectors write their counters (read by `chargewatch status`).
+    status_dir: str = "~/.local/state/chargewatch/status"
+    # What `analyze` (and `collect logs`) reads: auto (pcap/pcapng by magic bytes, else a log
+    # whose format is recognised line by line), pcap, jsonl, ocpp-lib or steve.
+    input_format: str = "auto"
+    # Time zone of log timestamps written without an offset (IANA name or +HH:MM).
+    log_timezone: str = "UTC"
+    # OCPP version of log lines that do not say it ("" = unknown; e.g. "1.6").
+    log_ocpp_version: str = ""
+    # How often `collect logs --follow` looks for appended lines, rotation and truncation.
+    log_poll_interval_s: float = 0.5
+    # Live capture (`collect live`): frames buffered between the sniffer and the decoder (beyond
+    # either bound a frame is dropped and counted as queue_full), the kernel socket buffer that
+    # absorbs bursts first, and how often the output (Kafka, evidence pcap) is flushed.
+    live_queue_packets: int = 100_000
+    live_queue_bytes: int = 268_435_456
+    live_socket_buffer_bytes: int = 33_554_432
+    live_flush_interval_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +98,42 @@ class DetectorConfig:
 
 
 @dataclass(frozen=True)
+class ProxyConfig:
+    """The mirroring proxy (`chargewatch proxy`): where it listens, the central system behind it,
+    TLS on both hops, and the bounds that keep mirroring from ever holding up the relayed traffic."""
+
+    # HOST:PORT to accept charge points on, and the central system's ws:// or wss:// URL; the
+    # charge point's request path (its identity) is appended to the URL's path.
+    listen: str = "127.0.0.1:9180"
+    upstream: str = ""
+    # Terminate TLS towards the charge points (PEM files); with tls_client_ca, client certificates
+    # (security profile 3) are verified against it and recorded, required if tls_require_client_cert.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    tls_require_client_cert: bool = False
+    # wss:// upstream: CA file to verify the central system (empty: the system store), and the
+    # proxy's own client certificate for central systems that demand one.
+    upstream_ca: str = ""
+    upstream_client_cert: str = ""
+    upstream_client_key: str = ""
+    # Counters go to [collector] status_dir/<status_name>.json.
+    status_name: str = "proxy"
+    # Mirror queue between the relay and the Kafka thread: beyond either bound a record is
+    # dropped and counted (queue_full); the relay never waits for Kafka.
+    queue_records: int = 10_000
+    queue_bytes: int = 67_108_864
+    # Longest a Kafka call (connect, metadata) may block the mirror thread; on stop, how long
+    # queued records may take to reach Kafka before the rest is counted as dropped.
+    kafka_block_ms: int = 5_000
+    drain_timeout_s: float = 10.0
+    # Upstream connect + handshake timeout; keepalive pings on each hop (0: off); largest relayed message.
+    open_timeout_s: float = 10.0
+    ping_interval_s: float = 20.0
+    max_message_bytes: int = 16_777_216
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration."""
 
@@ -88,6 +142,7 @@ class Config:
     redaction: RedactionConfig = field(default_factory=RedactionConfig)
     collector: CollectorConfig = field(default_factory=CollectorConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
 
 
 T = TypeVar("T")

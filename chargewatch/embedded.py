@@ -67,7 +67,7 @@ def load_stages(config: Config) -> Stages:
 
 def analyze(paths: Iterable[Path], config: Config, progress: Callable[[int], None] | None = None,
             on_record: Callable[[Record], None] | None = None, workers: int = 1) -> AnalysisResult:
-    """Decode every capture and run the detectors over it, in file order.
+    """Decode every capture (or OCPP log) and run the detectors over it, in file order.
 
     With workers > 1 the charge points are split over that many processes (see
     :mod:`chargewatch.parallel`); the result is the same as with one.
@@ -86,11 +86,16 @@ def analyze(paths: Iterable[Path], config: Config, progress: Callable[[int], Non
 def read_all(paths: list[Path], config: Config, sink: _Sink, result: AnalysisResult,
              progress: Callable[[int], None] | None = None, share: tuple[int, int] = (0, 1)) -> None:
     """Decode paths into sink, counting into result (a share of the charge points when parallel)."""
+    from collectors.logs import is_log_file, read_log  # on first use: captures are the common case
+
     redactor = Redactor(resolve_redaction_key(config.redaction), enabled=config.redaction.enabled)
     for path in paths:
         try:
-            stats = read_capture(path, sink, redactor, load_catalog(), config.collector.max_message_bytes,
-                                 progress, share)
+            if is_log_file(path, config.collector.input_format):  # not a pcap/pcapng: an OCPP log
+                stats = read_log(path, sink, redactor, load_catalog(), config.collector, progress, share)
+            else:
+                stats = read_capture(path, sink, redactor, load_catalog(), config.collector.max_message_bytes,
+                                     progress, share)
         except CaptureError as exc:
             if share[0] == 0:
                 result.unreadable.append(str(exc))

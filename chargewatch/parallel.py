@@ -67,10 +67,16 @@ def _work(paths: list[Path], config: Config, index: int, count: int) -> _Share:
 
 
 def analyze_parallel(paths: list[Path], config: Config, workers: int) -> AnalysisResult:
-    """The same result as ``analyze(paths, config)``, computed by several processes."""
+    """The same result as ``analyze(paths, config)``, computed by several processes.
+
+    The rules, catalog and policy are loaded once, before forking, so the workers inherit
+    them; this process works on share 0 itself while workers-1 children do the others.
+    """
+    load_stages(config)  # warms the caches the workers' load_stages reads
     context = multiprocessing.get_context("fork")
-    with context.Pool(workers) as pool:
-        shares = pool.starmap(_work, [(paths, config, i, workers) for i in range(workers)])
+    with context.Pool(workers - 1) as pool:
+        others = pool.starmap_async(_work, [(paths, config, i, workers) for i in range(1, workers)])
+        shares = [_work(paths, config, 0, workers), *others.get()]
     result = AnalysisResult()
     for share in shares:
         result.stats.merge(share.result.stats)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from chargewatch.catalog import Catalog
 from chargewatch.redaction import Redactor
+from collectors.frames import DecodeContext, Sink
 from collectors.pcapfile import CaptureReader
-from collectors.session import DecodeContext, Sink
 from collectors.stats import CollectorStats, DeadLetter
 from collectors.streams import PacketProcessor
 

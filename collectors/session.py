@@ -7,21 +7,15 @@ records, and hands every problem to the sink as a counted dead letter.
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from chargewatch.catalog import ActionInfo, Catalog
 from chargewatch.errors import DecodeError
 from chargewatch.model import (
     ConnectionEvent,
-    Direction,
-    OcppMessage,
-    Record,
     connection_id,
     version_from_subprotocol,
 )
-from chargewatch.redaction import Redactor
+from collectors.frames import DecodeContext, MessageBuilder
 from collectors.http import (
     MAX_HEAD,
     UpgradeRequest,
@@ -32,44 +26,10 @@ from collectors.http import (
     parse_response,
     split_head,
 )
-from collectors.ocppj import CALL, RESPONSES, SEND, FrameError, decode_frame
-from collectors.stats import CollectorStats, DeadLetter
+from collectors.tls import TlsObserver
 from collectors.websocket import OP_BINARY, DeflateParams, FrameDecoder, WsMessage, WsProblem
 
 TLS_HANDSHAKE = 0x16
-
-
-class Sink(Protocol):
-    """Where a collector puts what it decoded."""
-
-    def record(self, record: Record) -> None: ...
-
-    def dead_letter(self, letter: DeadLetter) -> None: ...
-
-
-@dataclass
-class DecodeContext:
-    """Everything a connection decoder needs from its collector."""
-
-    sink: Sink
-    stats: CollectorStats
-    redactor: Redactor
-    catalog: Catalog
-    source: str
-    max_message: int
-    # Parallel analysis: this process decodes the charge points that hash to share_index (of
-    # share_count); share 0 also reports what belongs to no charge point (packets, streams
-    # that are not OCPP), so nothing is counted twice.
-    share_index: int = 0
-    share_count: int = 1
-
-    @property
-    def primary(self) -> bool:
-        return self.share_index == 0
-
-    def owns(self, cp_id: str) -> bool:
-        """Whether this process decodes the connections of charge point cp_id."""
-        return self.share_count == 1 or zlib.crc32(cp_id.encode()) % self.share_count == self.share_index
 
 
 @dataclass(slots=True)
@@ -91,14 +51,13 @@ class ConnectionDecoder:
         self.response: UpgradeResponse | None = None
         self.cp_id: str | None = None
         self.version: str | None = None
-        # The catalog's actions of the negotiated version (None: a version the catalog does not know).
-        self._actions: dict[str, ActionInfo] | None = None
+        self.messages = MessageBuilder(ctx, self.id, client, server)
         self.state = "http"  # http -> websocket | ignored
         self._sides = {True: _Side(), False: _Side()}
-        self._pending: dict[tuple[bool, str], str] = {}
         # The packet (1-based; 0: none yet) that delivered the latest bytes: records and dead letters
         # name it as their source.
         self.last_number = 0
+        self.tls: TlsObserver | None = None  # set when the stream starts with a TLS handshake
 
     @property
     def last_ref(self) -> str:
@@ -109,7 +68,9 @@ class ConnectionDecoder:
         """Bytes of one direction, in order, from packet number (ttl: its IP TTL, None to keep the
         last one); gap=True when bytes before them were lost."""
         self.last_number = number
-        if self.state in ("ignored", "foreign"):
+        if self.state in ("ignored", "foreign", "tls"):
+            if self.tls is not None:
+                self.tls.feed(from_client, data, ts, self.last_ref, gap)
             return
         side = self._sides[from_client]
         if ttl is not None:
@@ -150,6 +111,7 @@ class ConnectionDecoder:
             self._ignore(bytearray(head), ts)
             return
         self.cp_id = identity_from_path(self.request.path)
+        self.messages.cp_id = self.cp_id
         if not self.ctx.owns(self.cp_id):
             self.state = "foreign"  # another process decodes this charge point
             return
@@ -169,7 +131,7 @@ class ConnectionDecoder:
             return
         req = self.request
         self.version = version_from_subprotocol(self.response.subprotocol)
-        self._actions = self.ctx.catalog.actions.get(self.version) if self.version is not None else None
+        self.messages.negotiated(self.version)
         self._event("upgrade", ts)
         if self.response.status != 101 or req is None or not req.is_websocket:
             self.state = "ignored"
@@ -197,44 +159,12 @@ class ConnectionDecoder:
                 self._message(from_client, item, ts, side.ttl)
 
     def _message(self, from_client: bool, ws: WsMessage, ts: float, ttl: int | None) -> None:
-        try:
-            frame = decode_frame(ws.data, self.version)
-        except FrameError as exc:
-            self._dead(ts, exc.kind, str(exc), ws.data)
-            return
-        flags = frame.flags
+        transport: list[str] = []
         if ws.opcode == OP_BINARY:
-            flags.append("binary_frame")
+            transport.append("binary_frame")
         if ws.masked != from_client:
-            flags.append("unmasked_client_frame" if from_client else "masked_server_frame")
-        action = self._action(from_client, frame.message_type, frame.message_id, frame.action, flags)
-        direction = Direction.CP_TO_CSMS if from_client else Direction.CSMS_TO_CP
-        src, dst = (self.client, self.server) if from_client else (self.server, self.client)
-        payload = self.ctx.redactor.payload(action, frame.payload, ws.data)
-        if flags:
-            self.ctx.stats.flags.update(flags)
-        self.ctx.stats.messages += 1
-        # Positional, in field order (keywords cost more than half a microsecond per message):
-        self.ctx.sink.record(OcppMessage(
-            ts, self.cp_id or "", direction, src[0], src[1], dst[0], dst[1],  # ts .. dst_port
-            self.version, frame.message_type, frame.message_id, action, payload,  # ocpp_version .. payload
-            ws.wire_size, self.id, self.last_ref, tuple(flags), ttl))  # frame_size .. ip_ttl
-
-    def _action(self, from_client: bool, mtype: int, mid: str, action: str | None, flags: list[str]) -> str | None:
-        if mtype == CALL:
-            assert action is not None
-            self._pending[(from_client, mid)] = action
-            if self._actions is not None and action not in self._actions:
-                flags.append("unknown_action")
-            return action
-        if mtype == SEND:
-            return action
-        if mtype in RESPONSES:
-            answered = self._pending.pop((not from_client, mid), None)
-            if answered is None:
-                flags.append("unmatched_response")
-            return answered
-        return None  # CALLRESULTERROR answers a CALLRESULT, which carries no action
+            transport.append("unmasked_client_frame" if from_client else "masked_server_frame")
+        self.messages.message(from_client, ws.data, ts, self.last_ref, ws.wire_size, transport, ttl)
 
     def _lost(self, from_client: bool, ts: float) -> None:
         self._dead(ts, "tcp_gap", "bytes missing from the capture; rest of this direction not decoded", b"")
@@ -249,10 +179,17 @@ class ConnectionDecoder:
         if self.ctx.primary:
             self.ctx.stats.ignored[kind] += 1
         self.state = "ignored"
+        if kind == "tls_stream" and self.ctx.primary:  # OCPP stays unreadable; the handshake is not
+            self.state = "tls"
+            self.tls = TlsObserver(self.ctx, self.messages, self.id, self.client, self.server)
+            self.tls.feed(True, bytes(head), ts, self.last_ref, False)
 
     def close(self, ts: float, observed: bool) -> None:
         """End of the connection (observed=True for FIN/RST, False at end of capture)."""
         if self.state == "foreign":
+            return
+        if self.tls is not None:
+            self.tls.close(ts)
             return
         if self.state == "websocket":
             for side in self._sides.values():
@@ -274,7 +211,4 @@ class ConnectionDecoder:
             source=self.last_ref))
 
     def _dead(self, ts: float, kind: str, detail: str, raw: bytes) -> None:
-        if self.cp_id is None and not self.ctx.primary:
-            return  # not attributed to a charge point: share 0 reports it
-        self.ctx.stats.error(kind)
-        self.ctx.sink.dead_letter(DeadLetter.of(ts, kind, detail, self.last_ref, raw, self.id, self.cp_id))
+        self.messages.dead(ts, kind, detail, raw, self.last_ref)

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from collectors.arp import ArpTracker
+from collectors.frames import DecodeContext
 from collectors.packets import ACK, FIN, RST, SYN, PacketError, PacketSkip, endpoints, parse_segment, reverse_key
-from collectors.session import ConnectionDecoder, DecodeContext
+from collectors.session import ConnectionDecoder
 from collectors.stats import CollectorStats, DeadLetter
 from collectors.tcp import SEQ_MOD, HalfStream
 
@@ -42,6 +44,7 @@ class PacketProcessor:
         self.connections: dict[bytes, TcpConnection] = {}  # both flow keys of each connection
         # Packet-level counters belong to share 0 of a parallel analysis; the others count into scratch.
         self.stats = ctx.stats if ctx.primary else CollectorStats()
+        self.arp = ArpTracker(ctx, self.stats)
 
     def packet(self, number: int, ts: float, linktype: int, data: bytes) -> None:
         """Process one captured frame (number is its 1-based index in the source)."""
@@ -51,7 +54,10 @@ class PacketProcessor:
         try:
             key, seq, flags, payload, ttl = parse_segment(linktype, data)
         except PacketSkip as skip:
-            stats.ignored[skip.reason] += 1
+            if skip.reason == "arp":
+                self.arp.frame(number, ts, linktype, data)
+            else:
+                stats.ignored[skip.reason] += 1
             return
         except PacketError as err:
             stats.error(err.reason)

@@ -33,6 +33,8 @@ OUTSIDE_MAINTENANCE = "CW-CMD-002"
 UNLOCK_DURING_TX = "CW-CMD-005"
 PKI_IN_CLEAR = "CW-CMD-008"
 MAX_SERVERS = 8
+CALL = int(MessageType.CALL)
+CSMS_TO_CP = Direction.CSMS_TO_CP
 
 
 def command_detectors(rules: dict[str, Rule], catalog: Catalog, policy: Policy) -> list[Detector]:
@@ -78,9 +80,9 @@ class CommandDetector:
         return []
 
     def on_message(self, msg: OcppMessage, ctx: ChargePointContext, state: State) -> list[Finding]:
-        if msg.message_type != MessageType.CALL:
+        if msg.message_type != CALL:
             return []
-        if msg.direction is not Direction.CSMS_TO_CP:
+        if msg.direction is not CSMS_TO_CP:
             return self._pki(msg, state) if msg.action in self.pki_actions else []
         link = link_of(state, msg.connection_id)
         found = [f for f in (self._endpoint(msg, link), self._second_csms(msg, ctx, state),
@@ -185,7 +187,7 @@ class CommandDetector:
         body = msg.payload if isinstance(msg.payload, dict) else {}
         if msg.action in ("TriggerMessage", "ExtendedTriggerMessage"):
             target = body.get("requestedMessage")
-            if target not in self.pki_triggers:
+            if not isinstance(target, str) or target not in self.pki_triggers:
                 return []
         detail = body.get("certificateType") or body.get("requestedMessage")
         return [Finding(PKI_IN_CLEAR,

@@ -182,12 +182,17 @@ class ConfigWeakeningDetector:
             state["profile"] = (profile, source, ts)
 
 
+def _accepted(status: Any) -> bool:
+    """An Accepted/RebootRequired status (any other value, of any JSON type, is not)."""
+    return isinstance(status, str) and status in ACCEPTED
+
+
 def _accepted_profile(request: dict[str, Any], result: dict[str, Any]) -> Any:
     """The security profile a ChangeConfiguration/SetVariables set, if the station accepted it."""
     if "key" in request:
-        accepted = str(request.get("key", "")).casefold() == "securityprofile" and result.get("status") in ACCEPTED
+        accepted = str(request.get("key", "")).casefold() == "securityprofile" and _accepted(result.get("status"))
         return request.get("value") if accepted else None
-    if not any(r.get("attributeStatus") in ACCEPTED and _variable_name(r).casefold() in PROFILE_SETTINGS
+    if not any(_accepted(r.get("attributeStatus")) and _variable_name(r).casefold() in PROFILE_SETTINGS
                for r in _dicts(result.get("setVariableResult"))):
         return None
     return next((d.get("attributeValue") for d in _dicts(request.get("setVariableData"))

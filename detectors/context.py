@@ -15,7 +15,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from chargewatch.model import ConnectionEvent, MessageType, OcppMessage
+from chargewatch.model import ConnectionEvent, MessageType, OcppMessage, as_object
 
 MAX_PENDING_CALLS = 64
 MAX_KNOWN_TRANSACTIONS = 256
@@ -132,12 +132,12 @@ class ChargePointContext:
             self._transaction_event(body, result.ts)
 
     def _transaction_event(self, body: dict[str, Any], ts: float) -> None:
-        info = body.get("transactionInfo") or {}
+        info = as_object(body.get("transactionInfo"))
         tx_id = str(info.get("transactionId"))
         event = body.get("eventType")
-        evse = body.get("evse") or {}
+        evse = as_object(body.get("evse"))
         if event == "Started":
-            token = (body.get("idToken") or {}).get("idToken")
+            token = as_object(body.get("idToken")).get("idToken")
             self._open(tx_id, _int(evse.get("id")), ts, token, None)
         elif event == "Ended":
             self._close(tx_id, ts)

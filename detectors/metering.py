@@ -23,7 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from chargewatch.model import MessageType, OcppMessage
+from chargewatch.model import Direction, MessageType, OcppMessage, as_object
 from detectors.ocpptime import parse_time
 
 REGISTER = "Energy.Active.Import.Register"
@@ -31,12 +31,18 @@ UNIT_WH = {"Wh": 1.0, "kWh": 1000.0}
 REMOTE_STOPS = frozenset({"RemoteStopTransaction", "RequestStopTransaction"})
 TRACKED = frozenset({"StartTransaction", "StopTransaction", "MeterValues", "TransactionEvent",
                      "BootNotification"}) | REMOTE_STOPS
+CALL, CALLRESULT = int(MessageType.CALL), int(MessageType.CALLRESULT)
+NUMBERS = (int, float)  # a tuple: isinstance() with it is faster than with int | float
+CP_TO_CSMS = Direction.CP_TO_CSMS
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reading:
     """One register reading: the charge point's time (None when unparseable), the value in Wh,
-    and the baseline it follows (None: no baseline, e.g. first reading or history)."""
+    and the baseline it follows (None: no baseline, e.g. first reading or history).
+
+    Treated as immutable; not declared frozen because frozen dataclasses are several times
+    slower to build, and readings are built per metering message (as :class:`TxUpdate`)."""
 
     at: float | None
     wh: float
@@ -90,9 +96,10 @@ class Session:
                 "mean_power_w": power}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TxUpdate:
-    """What one message did to a session: event is "started", "meter" or "ended"."""
+    """What one message did to a session: event is "started", "meter" or "ended" (treated as
+    immutable, see :class:`Reading`)."""
 
     session: Session
     event: str
@@ -106,19 +113,20 @@ def register_wh(sampled: Any, version: str | None) -> float | None:
     skipped. 2.x: the value is a number, ``unitOfMeasure{unit, multiplier}`` scales it. Per-phase
     values and meters other than the outlet's are not the transaction's register.
     """
-    if not isinstance(sampled, dict) or sampled.get("measurand", REGISTER) != REGISTER:
+    if not isinstance(sampled, dict):
         return None
-    if sampled.get("phase") is not None or sampled.get("location", "Outlet") != "Outlet":
+    get = sampled.get
+    if get("measurand", REGISTER) != REGISTER or get("phase") is not None or get("location", "Outlet") != "Outlet":
         return None
     if version == "1.6":
-        if sampled.get("format") == "SignedData":
+        if get("format") == "SignedData":
             return None
-        unit, scale = sampled.get("unit", "Wh"), 0
+        unit, scale = get("unit", "Wh"), 0
     else:
-        measure = sampled.get("unitOfMeasure") or {}
+        measure = get("unitOfMeasure") or {}
         unit, scale = measure.get("unit", "Wh"), measure.get("multiplier", 0)
     factor = UNIT_WH.get(unit) if isinstance(unit, str) else None
-    value = _number(sampled.get("value"))
+    value = _number(get("value"))
     if factor is None or value is None or not isinstance(scale, int):
         return None
     return value * factor * 10.0**scale
@@ -130,9 +138,10 @@ def meter_readings(meter_values: Any, version: str | None) -> list[tuple[float |
     if not isinstance(meter_values, list):
         return out
     for entry in meter_values:
-        if not isinstance(entry, dict) or not isinstance(entry.get("sampledValue"), list):
+        sampled_values = entry.get("sampledValue") if isinstance(entry, dict) else None
+        if not isinstance(sampled_values, list):
             continue
-        for sampled in entry["sampledValue"]:
+        for sampled in sampled_values:
             wh = register_wh(sampled, version)
             if wh is not None:
                 out.append((parse_time(entry.get("timestamp")), wh, sampled.get("context")))
@@ -146,29 +155,35 @@ class TransactionTracker:
     def __init__(self, max_sessions: int = 16) -> None:
         self.max_sessions = max_sessions
         self.sessions: OrderedDict[str, Session] = OrderedDict()
-        self._pending: OrderedDict[str, OcppMessage] = OrderedDict()  # CALLs awaiting their result
+        self._pending: dict[str, OcppMessage] = {}  # CALLs awaiting their result, oldest first
 
     def observe(self, msg: OcppMessage) -> TxUpdate | None:
         """Apply one message; the session update it makes, if any."""
-        if msg.action not in TRACKED:
+        action = msg.action
+        if action not in TRACKED:
             return None
-        body = msg.payload if isinstance(msg.payload, dict) else {}
-        if msg.message_type == MessageType.CALL:
-            return self._call(msg, body)
-        if msg.message_type == MessageType.CALLRESULT:
+        mtype = msg.message_type
+        if mtype == CALL:
+            return self._call(msg, action, msg.payload if isinstance(msg.payload, dict) else {})
+        if mtype == CALLRESULT:
             request = self._pending.pop(msg.message_id, None)
             if request is not None:
-                return self._result(request, msg, body)
+                return self._result(request, msg, msg.payload if isinstance(msg.payload, dict) else {})
         return None
 
-    def _call(self, msg: OcppMessage, body: dict[str, Any]) -> TxUpdate | None:
-        action = msg.action
-        if msg.sender == "csms":
+    def _call(self, msg: OcppMessage, action: str, body: dict[str, Any]) -> TxUpdate | None:
+        if msg.direction is not CP_TO_CSMS:  # sent by the central system
             if action in REMOTE_STOPS:
                 for session in self.sessions.values():
                     if session.open:
                         session.remote_stop_ts = msg.ts
             return None
+        if action == "MeterValues":  # the most frequent, first
+            tx_id = body.get("transactionId")
+            if tx_id is None:
+                return None
+            session = self._session(msg, str(tx_id), body.get("connectorId"), None)
+            return TxUpdate(session, "meter", self._read(session, meter_readings(body.get("meterValue"), "1.6")))
         if action == "BootNotification":
             for session in self.sessions.values():
                 if session.open:
@@ -178,12 +193,9 @@ class TransactionTracker:
         if action in ("StartTransaction", "TransactionEvent"):
             self._pending[msg.message_id] = msg
             while len(self._pending) > self.max_sessions:
-                self._pending.popitem(last=False)
+                del self._pending[next(iter(self._pending))]
         if action == "TransactionEvent":
             return self._transaction_event(msg, body)
-        if action == "MeterValues" and body.get("transactionId") is not None:
-            session = self._session(msg, str(body["transactionId"]), _int(body.get("connectorId")), None)
-            return TxUpdate(session, "meter", self._read(session, meter_readings(body.get("meterValue"), "1.6")))
         if action == "StopTransaction" and body.get("transactionId") is not None:
             session = self._session(msg, str(body["transactionId"]), None, body.get("idTag"))
             stop = _number(body.get("meterStop"))
@@ -197,14 +209,14 @@ class TransactionTracker:
         req = request.payload if isinstance(request.payload, dict) else {}
         if request.action == "TransactionEvent":
             info = body.get("idTokenInfo")
-            session = self.sessions.get(str((req.get("transactionInfo") or {}).get("transactionId")))
+            session = self.sessions.get(str(as_object(req.get("transactionInfo")).get("transactionId")))
             if session is not None and isinstance(info, dict):
                 session.status = info.get("status")
             return None
         if request.action != "StartTransaction" or body.get("transactionId") is None:
             return None
         session = self._new(request, str(body["transactionId"]), _int(req.get("connectorId")), req.get("idTag"))
-        session.status = (body.get("idTagInfo") or {}).get("status")
+        session.status = as_object(body.get("idTagInfo")).get("status")
         session.started_at = parse_time(req.get("timestamp"))
         start = _number(req.get("meterStart"))
         session.meter_start_wh = start
@@ -216,8 +228,8 @@ class TransactionTracker:
         if not isinstance(info, dict) or info.get("transactionId") is None:
             return None
         tx_id, event = str(info["transactionId"]), body.get("eventType")
-        token = (body.get("idToken") or {}).get("idToken")
-        evse = _int((body.get("evse") or {}).get("id"))
+        token = as_object(body.get("idToken")).get("idToken")
+        evse = _int(as_object(body.get("evse")).get("id"))
         at = parse_time(body.get("timestamp"))
         values = meter_readings(body.get("meterValue"), msg.ocpp_version)
         if event == "Started" and tx_id not in self.sessions:
@@ -251,10 +263,10 @@ class TransactionTracker:
             session.ended_ts, session.ended_at = msg.ts, at
             session.meter_stop_wh, session.stop_reason = stop, str(reason)
 
-    def _session(self, msg: OcppMessage, tx_id: str, connector: int | None, id_tag: Any) -> Session:
+    def _session(self, msg: OcppMessage, tx_id: str, connector: Any, id_tag: Any) -> Session:
         session = self.sessions.get(tx_id)
         if session is None:
-            session = self._new(msg, tx_id, connector, id_tag, seen_start=False)
+            session = self._new(msg, tx_id, _int(connector), id_tag, seen_start=False)
         elif session.id_tag is None and isinstance(id_tag, str):
             session.id_tag = id_tag
         return session
@@ -273,15 +285,13 @@ class TransactionTracker:
 
 def _number(value: Any) -> float | None:
     """A register value: a number (2.x) or a decimal string (1.6); None otherwise."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
+    if isinstance(value, str):
         try:
             number = float(value)
         except ValueError:
             return None
+    elif isinstance(value, NUMBERS) and not isinstance(value, bool):
+        number = float(value)
     else:
         return None
     return number if math.isfinite(number) else None

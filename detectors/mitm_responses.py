@@ -15,6 +15,7 @@ answered recently (a duplicated answer is not an unknown one).
 from __future__ import annotations
 
 from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from chargewatch.model import ConnectionEvent, Direction, MessageType, OcppMessa
 from detectors.base import Finding, State
 from detectors.context import MAX_PENDING_CALLS, ChargePointContext
 from detectors.rules import Rule
-from detectors.schemas import Validator, first_violation, lenient_validator
+from detectors.schemas import Acceptor, Validator, acceptor, first_violation, lenient_validator, stable_message
 
 UNEXPECTED_RESPONSE = "CW-MITM-006"
 SLOW_ROUND_TRIP = "CW-MITM-007"
@@ -33,35 +34,45 @@ UNPARSED_FRAME_ERRORS = frozenset({"FormationViolation", "FormatViolation", "Pro
                                    "MessageTypeNotSupported"})
 CALL, CALLRESULT = int(MessageType.CALL), int(MessageType.CALLRESULT)
 ANSWERS = frozenset({int(MessageType.CALLRESULT), int(MessageType.CALLERROR)})
+CP_TO_CSMS = Direction.CP_TO_CSMS
 _UNKNOWN: Any = object()  # not looked up yet (None: no schema)
 MAD_TO_SIGMA = 1.4826  # scales the median absolute deviation to a normal standard deviation
-
-
-@dataclass(slots=True)
-class _Ring:
-    """The last values of a series in a fixed-size typed buffer (round trips, answered-id hashes)."""
-
-    values: array  # type: ignore[type-arg]
-    next_index: int = 0
-    count: int = 0
-
-    def add(self, value: float) -> None:
-        self.values[self.next_index] = value
-        self.next_index = (self.next_index + 1) % len(self.values)
-        self.count = min(self.count + 1, len(self.values))
-
-    def __contains__(self, value: float) -> bool:
-        return value in self.values[: self.count]
-
-    def median_and_mad(self) -> tuple[float, float]:
-        samples = sorted(self.values[: self.count])
-        median = _median(samples)
-        return median, _median(sorted(abs(v - median) for v in samples))
+MEMORY = "memory"  # the one state entry: a _Memory
 
 
 def _median(ordered: list[float]) -> float:
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _median_and_mad(samples: Iterable[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    median = _median(ordered)
+    return median, _median(sorted(abs(v - median) for v in ordered))
+
+
+@dataclass(slots=True)
+class _Party:
+    """What is remembered of one answering party (the charge point or the central system), in
+    two fixed-size rings of typed values that overwrite their oldest entry."""
+
+    # Hashes of the ids it answered last: 8 bytes each, and a collision only silences one finding.
+    # Empty slots hold -1, which hash() never returns.
+    answered: array  # type: ignore[type-arg]
+    # Its last round trips in seconds, as float32 (µs precision is plenty); the first rtt_count are filled.
+    round_trips: array  # type: ignore[type-arg]
+    next_answered: int = 0
+    next_rtt: int = 0
+    rtt_count: int = 0
+
+
+@dataclass(slots=True)
+class _Memory:
+    """This detector's state for one charge point."""
+
+    cp: _Party
+    csms: _Party
+    evicted_ts: float = float("-inf")  # last time a CALL pushed the oldest pending CALL out of the context
 
 
 class MitmResponseDetector:
@@ -83,7 +94,9 @@ class MitmResponseDetector:
         self.min_ratio = float(slow.param("min_ratio"))
         self.min_latency_s = float(slow.param("min_latency_s"))
         self.exclude = frozenset(str(a) for a in slow.param("exclude_actions"))
-        self._checks: dict[tuple[str | None, str | None], Validator | None] = {}
+        self.schema_on = self.check_schema and self.unexpected_on
+        # The response schema of each (version, action): a fast acceptor and the validator.
+        self._checks: dict[tuple[str | None, str | None], tuple[Acceptor, Validator] | None] = {}
 
     def on_connection(self, event: ConnectionEvent, ctx: ChargePointContext, state: State) -> list[Finding]:
         return []
@@ -92,27 +105,51 @@ class MitmResponseDetector:
         mtype = msg.message_type
         if mtype == CALL:
             if len(ctx.pending) >= MAX_PENDING_CALLS:  # applying it will push the oldest pending CALL out
-                state["evicted_ts"] = msg.ts
+                self._memory(state).evicted_ts = msg.ts
             return []
         if mtype not in ANSWERS:
             return []
-        from_cp = msg.direction is Direction.CP_TO_CSMS
-        responder = "cp" if from_cp else "csms"
+        from_cp = msg.direction is CP_TO_CSMS
         request = ctx.pending.get(("csms" if from_cp else "cp", msg.message_id))  # = ctx.request_for(msg)
         if request is None:
             return self._unmatched(msg, ctx, state) if self.unexpected_on else []
-        answered: _Ring | None = state.get(responder)
-        if answered is None:  # hashes of the ids: 8 bytes each, and a collision only silences one finding
-            answered = state[responder] = _Ring(array("q", bytes(8 * self.answered_memory)))
-        answered.add(hash(msg.message_id))
-        finding = None
-        if mtype == CALLRESULT and self.check_schema and self.unexpected_on:
-            finding = self._schema(msg, request)
-        if self.slow_on and request.action not in self.exclude:
-            slow = self._latency(msg, request, responder, state)
-            if slow is not None:
-                return [finding, slow] if finding is not None else [slow]
+        memory: _Memory = state.get(MEMORY) or self._memory(state)
+        party = memory.cp if from_cp else memory.csms
+        # What follows runs for every answer, so the ring updates are written out here.
+        index = party.next_answered  # remember the answered id
+        party.answered[index] = hash(msg.message_id)
+        party.next_answered = (index + 1) % self.answered_memory
+        finding = slow = None
+        if mtype == CALLRESULT and self.schema_on:  # CW-MITM-006: the answer against its response schema
+            check = self._checks.get((msg.ocpp_version, request.action), _UNKNOWN)
+            if check is _UNKNOWN:
+                check = self._lookup(msg.ocpp_version, request.action)
+            if check is not None and not check[0](msg.payload):  # the acceptor clears most answers at once
+                finding = self._misfit(msg, request, check[1])
+        if self.slow_on and request.action not in self.exclude:  # CW-MITM-007: the round trip
+            rtt = msg.ts - request.ts
+            if not rtt < 0:  # negative: the clocks of two collectors disagree, not a round trip
+                count = party.rtt_count
+                if rtt >= self.min_latency_s and count >= self.min_samples:
+                    slow = self._slow(msg, request, rtt, party.round_trips[:count])
+                index = party.next_rtt  # remember it
+                party.round_trips[index] = rtt
+                party.next_rtt = (index + 1) % self.window
+                if count < self.window:
+                    party.rtt_count = count + 1
+        if slow is not None:
+            return [finding, slow] if finding is not None else [slow]
         return [finding] if finding is not None else []
+
+    def _memory(self, state: State) -> _Memory:
+        """The state of this charge point, created empty on first use."""
+        memory: _Memory | None = state.get(MEMORY)
+        if memory is None:
+            memory = state[MEMORY] = _Memory(self._party(), self._party())
+        return memory
+
+    def _party(self) -> _Party:
+        return _Party(array("q", [-1]) * self.answered_memory, array("f", bytes(4 * self.window)))
 
     # --- CW-MITM-006: answers to nothing ------------------------------------------------
 
@@ -120,12 +157,14 @@ class MitmResponseDetector:
         conn = ctx.connection(msg.connection_id)
         if conn is None or not conn.from_upgrade or msg.ts - conn.opened_ts < self.min_after_upgrade_s:
             return []
-        if state.get("evicted_ts", float("-inf")) >= conn.opened_ts:
+        memory = self._memory(state)
+        if memory.evicted_ts >= conn.opened_ts:
             return []  # a CALL sent since the upgrade may have been pushed out of the pending list
-        if hash(msg.message_id) in state.get(msg.sender, ()):
+        if hash(msg.message_id) in (memory.cp if msg.direction is CP_TO_CSMS else memory.csms).answered:
             return []  # answered before: a repeated answer, not one to an unknown CALL
         payload = msg.payload if isinstance(msg.payload, dict) else {}
-        if msg.message_type == MessageType.CALLERROR and payload.get("errorCode") in UNPARSED_FRAME_ERRORS:
+        code = payload.get("errorCode")
+        if msg.message_type == MessageType.CALLERROR and isinstance(code, str) and code in UNPARSED_FRAME_ERRORS:
             return []
         caller = "central system" if msg.sender == "cp" else "charge point"
         kind = "CALLRESULT" if msg.message_type == MessageType.CALLRESULT else "CALLERROR"
@@ -139,19 +178,12 @@ class MitmResponseDetector:
 
     # --- CW-MITM-006: answers that do not fit ---------------------------------------------
 
-    def _schema(self, msg: OcppMessage, request: OcppMessage) -> Finding | None:
-        """The answer against its action's response schema (tolerant of collector-written values)."""
-        key = (msg.ocpp_version, request.action)
-        check = self._checks.get(key, _UNKNOWN)
-        if check is _UNKNOWN:  # looked up once per (version, action); the validators are cached too
-            check = self._checks[key] = (lenient_validator(key[0], key[1], True, self.check_formats)
-                                         if key[0] and key[1] else None)
-        if check is None:
-            return None
-        violation = first_violation(check, msg.payload)
+    def _misfit(self, msg: OcppMessage, request: OcppMessage, validate: Validator) -> Finding | None:
+        """The answer's violation of its action's response schema (collector-written values tolerated)."""
+        violation = first_violation(validate, msg.payload)
         if violation is None:
             return None
-        error = str(violation.message)
+        error = stable_message(violation)
         return Finding(
             UNEXPECTED_RESPONSE,
             f"{msg.sender}'s CALLRESULT to {request.action} {msg.message_id} does not fit the "
@@ -160,27 +192,25 @@ class MitmResponseDetector:
              "request_message_id": request.message_id, "request_ts": request.ts, "error": error,
              "payload": msg.payload})
 
+    def _lookup(self, version: str | None, action: str | None) -> tuple[Acceptor, Validator] | None:
+        """The response schema of (version, action), looked up once (None: no schema)."""
+        check = None
+        if version and action:
+            validate = lenient_validator(version, action, True, self.check_formats)
+            accept = acceptor(version, action, True, self.check_formats)
+            check = None if validate is None or accept is None else (accept, validate)
+        self._checks[(version, action)] = check
+        return check
+
     # --- CW-MITM-007 ----------------------------------------------------------------------
 
-    def _latency(self, msg: OcppMessage, request: OcppMessage, responder: str, state: State) -> Finding | None:
-        rtt = msg.ts - request.ts
-        if rtt < 0:
-            return None  # clocks of two collectors disagree; not a round trip
-        key = "rtt_cp" if responder == "cp" else "rtt_csms"
-        ring: _Ring | None = state.get(key)
-        if ring is None:
-            ring = state[key] = _Ring(array("f", bytes(4 * self.window)))  # float32: µs precision is plenty
-        finding = None
-        if rtt >= self.min_latency_s and ring.count >= self.min_samples:
-            median, mad = ring.median_and_mad()
-            threshold = max(self.min_latency_s, median * self.min_ratio, median + self.mad_k * MAD_TO_SIGMA * mad)
-            if rtt > threshold:
-                finding = self._slow(msg, request, rtt, median, mad, threshold, ring.count)
-        ring.add(rtt)
-        return finding
-
-    def _slow(self, msg: OcppMessage, request: OcppMessage, rtt: float, median: float, mad: float,
-              threshold: float, samples: int) -> Finding:
+    def _slow(self, msg: OcppMessage, request: OcppMessage, rtt: float, baseline: Sequence[float]) -> Finding | None:
+        """The round trip against the baseline of the responder's last ones."""
+        samples = len(baseline)
+        median, mad = _median_and_mad(baseline)
+        threshold = max(self.min_latency_s, median * self.min_ratio, median + self.mad_k * MAD_TO_SIGMA * mad)
+        if not rtt > threshold:
+            return None
         return Finding(
             SLOW_ROUND_TRIP,
             f"{msg.sender} answered {request.action} {msg.message_id} after {rtt:.2f}s; its usual round trip "

@@ -27,6 +27,7 @@ from detectors.rules import Rule
 CONCURRENT = "CW-MITM-001"
 SESSION_CHANGE = "CW-MITM-002"
 USERNAME_MISMATCH = "CW-MITM-004"
+CP_TO_CSMS = Direction.CP_TO_CSMS
 
 
 def accepted_upgrade(event: ConnectionEvent) -> bool:
@@ -122,23 +123,27 @@ class MitmSessionDetector:
     def on_message(self, msg: OcppMessage, ctx: ChargePointContext, state: State) -> list[Finding]:
         if "session" not in state and msg.connection_id not in ctx.connections and msg.charge_point_id:
             self._seed_midstream(msg, state)
-        if msg.direction is not Direction.CP_TO_CSMS or not self.concurrent_on:
+        if msg.direction is not CP_TO_CSMS or not self.concurrent_on:
             return []
-        return self._concurrent(msg, state)
-
-    # --- CW-MITM-001 ------------------------------------------------------------------
-
-    def _concurrent(self, msg: OcppMessage, state: State) -> list[Finding]:
-        flows: dict[str, _Flow] = state.setdefault("flows", {})
+        # CW-MITM-001: follow the charge point side of each connection
+        flows: dict[str, _Flow] | None = state.get("flows")
+        if flows is None:
+            flows = state["flows"] = {}
         mine = flows.get(msg.connection_id)
         if mine is None:
             self._expire_flows(flows, msg.ts)
-            mine = flows[msg.connection_id] = _Flow((msg.src_ip, msg.src_port), msg.ts, msg.ts,
-                                                    msg.message_id, msg.message_id)
+            flows[msg.connection_id] = _Flow((msg.src_ip, msg.src_port), msg.ts, msg.ts, msg.message_id,
+                                             msg.message_id)
             return []
-        mine.last_ts, mine.last_id = max(mine.last_ts, msg.ts), msg.message_id
-        if len(flows) == 1:
-            return []
+        if msg.ts > mine.last_ts:  # noqa: PLR1730 (cheaper than max(), and this runs for every message)
+            mine.last_ts = msg.ts
+        mine.last_id = msg.message_id
+        return self._concurrent(msg, mine, flows) if len(flows) > 1 else []
+
+    # --- CW-MITM-001 ------------------------------------------------------------------
+
+    def _concurrent(self, msg: OcppMessage, mine: _Flow, flows: dict[str, _Flow]) -> list[Finding]:
+        """Connections from another client address that overlap mine by more than overlap_s."""
         findings = []
         for other_id, other in flows.items():
             if other_id == msg.connection_id or other_id in mine.reported or other.client == mine.client:

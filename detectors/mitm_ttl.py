@@ -10,7 +10,7 @@ no TTL and are not judged.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from chargewatch.model import ConnectionEvent, Direction, OcppMessage
 from detectors.base import Finding, State
@@ -19,8 +19,21 @@ from detectors.rules import Rule
 
 TTL_CHANGE = "CW-MITM-009"
 MAX_CONNECTIONS = 8  # connection sides followed per charge point (the oldest is forgotten first)
-# (connection id, direction) -> [baseline TTL, its message id, its time, every TTL seen]
-Sides = dict[tuple[str, Direction], list[Any]]
+SIDES = "sides"  # the one state entry: Sides
+
+
+@dataclass(slots=True)
+class _Side:
+    """One side of one connection: its baseline TTL, the message that set it, and every TTL seen."""
+
+    baseline: int
+    message_id: str
+    ts: float
+    seen: set[int]
+
+
+# (connection id, direction) -> its side
+Sides = dict[tuple[str, Direction], _Side]
 
 
 class HopCountDetector:
@@ -35,7 +48,7 @@ class HopCountDetector:
         self.max_values = int(rule.param("max_values"))
 
     def on_connection(self, event: ConnectionEvent, ctx: ChargePointContext, state: State) -> list[Finding]:
-        sides: Sides | None = state.get("sides")
+        sides: Sides | None = state.get(SIDES)
         if event.kind == "closed" and sides:
             sides.pop((event.connection_id, Direction.CP_TO_CSMS), None)
             sides.pop((event.connection_id, Direction.CSMS_TO_CP), None)
@@ -45,20 +58,23 @@ class HopCountDetector:
         ttl = msg.ip_ttl
         if ttl is None:
             return []
-        sides: Sides | None = state.get("sides")
+        sides: Sides | None = state.get(SIDES)
         if sides is None:
-            sides = state["sides"] = {}
-        side = sides.get((msg.connection_id, msg.direction))
+            sides = state[SIDES] = {}
+        key = (msg.connection_id, msg.direction)
+        side = sides.get(key)
         if side is None:
             while len(sides) >= MAX_CONNECTIONS:
                 del sides[next(iter(sides))]
-            sides[(msg.connection_id, msg.direction)] = [ttl, msg.message_id, msg.ts, {ttl}]
+            sides[key] = _Side(ttl, msg.message_id, msg.ts, {ttl})
             return []
-        seen: set[int] = side[3]
-        if ttl in seen or len(seen) >= self.max_values:
+        if ttl in side.seen:  # the common case: a TTL this side has shown before
+            return []
+        seen = side.seen
+        if len(seen) >= self.max_values:
             return []
         seen.add(ttl)
-        baseline, base_id, base_ts = side[0], side[1], side[2]
+        baseline, base_id, base_ts = side.baseline, side.message_id, side.ts
         change = ttl - baseline
         if abs(change) < self.min_change:
             return []

@@ -85,6 +85,8 @@ class Policy:
     """The whole operator policy."""
 
     csms_endpoints: tuple[CsmsEndpoint, ...] = ()
+    # SHA-256 fingerprints of central-system certificates a planned rotation may present (CW-MITM-011).
+    csms_cert_fingerprints: tuple[str, ...] = ()
     maintenance_windows: tuple[MaintenanceWindow, ...] = ()
     firmware_hosts: tuple[str, ...] = ()
     firmware_schemes: tuple[str, ...] = ("https", "ftps", "sftp")
@@ -139,7 +141,7 @@ def _minutes(hhmm: str) -> int:
 
 # --- loading ----------------------------------------------------------------------------
 
-_TOP = {"csms_endpoints", "maintenance_windows", "firmware_hosts", "firmware_schemes",
+_TOP = {"csms_endpoints", "csms_cert_fingerprints", "maintenance_windows", "firmware_hosts", "firmware_schemes",
         "expected_security_profile", "default_max_power_w", "sites", "charge_points", "rules"}
 
 
@@ -161,6 +163,8 @@ def parse_policy(raw: dict[str, Any], where: str) -> Policy:
         return Policy(
             csms_endpoints=tuple(_endpoint(e, f"{where}: csms_endpoints[{i}]")
                                  for i, e in enumerate(raw.get("csms_endpoints", []))),
+            csms_cert_fingerprints=tuple(str(f).replace(":", "").strip().lower()
+                                         for f in raw.get("csms_cert_fingerprints", [])),
             maintenance_windows=tuple(_window(w, f"{where}: maintenance_windows[{i}]")
                                       for i, w in enumerate(raw.get("maintenance_windows", []))),
             firmware_hosts=tuple(str(h).lower() for h in raw.get("firmware_hosts", [])),

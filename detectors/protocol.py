@@ -13,13 +13,13 @@ from typing import Any
 
 from fastjsonschema import JsonSchemaValueException
 
-from chargewatch.catalog import Catalog
+from chargewatch.catalog import ActionInfo, Catalog
 from chargewatch.model import ConnectionEvent, Direction, MessageType, OcppMessage
 from detectors.base import Detector, Finding, State
 from detectors.context import ChargePointContext
 from detectors.protocol_session import SessionDetector
 from detectors.rules import Rule
-from detectors.schemas import first_violation, lenient_validator
+from detectors.schemas import Acceptor, Validator, acceptor, first_violation, lenient_validator, stable_message
 from detectors.security_events import SecurityEventDetector
 
 SCHEMA_INVALID = "CW-PROTO-002"
@@ -30,7 +30,12 @@ MALFORMED_FRAMING = "CW-PROTO-006"
 FRAMING_FLAGS = frozenset({"message_id_too_long", "message_id_not_string", "message_type_not_in_version"})
 MAX_EVIDENCE_VALUE = 200
 MAX_TRACKED_CONNECTIONS = 32  # (connection, direction) slots of the outstanding-CALL check
-ANSWERS = (MessageType.CALLRESULT, MessageType.CALLERROR)
+# Plain ints and members bound once: this detector sees every message.
+CALL, SEND = int(MessageType.CALL), int(MessageType.SEND)
+REQUESTS = frozenset({CALL, SEND})
+ANSWERS = frozenset({int(MessageType.CALLRESULT), int(MessageType.CALLERROR)})
+CP_TO_CSMS, CSMS_TO_CP = Direction.CP_TO_CSMS, Direction.CSMS_TO_CP
+OUTSTANDING = "outstanding"  # state: (connection id, direction) -> the sender's unanswered CALL
 
 
 def protocol_detectors(rules: dict[str, Rule], catalog: Catalog) -> list[Detector]:
@@ -49,22 +54,27 @@ class ProtocolDetector:
         self.check_schema = rules[SCHEMA_INVALID].enabled
         self.check_formats = bool(rules[SCHEMA_INVALID].param("check_date_time_format"))
         self.call_timeout = float(rules[CONCURRENT_CALL].param("call_timeout_s"))
+        self._plans: dict[str, dict[str, _Plan]] = {}  # version -> action -> plan, filled on first use
 
     def on_connection(self, event: ConnectionEvent, ctx: ChargePointContext, state: State) -> list[Finding]:
         if event.kind == "closed":
-            outstanding: dict[tuple[str, Direction], list[Any]] | None = state.get("outstanding")
+            outstanding: dict[tuple[str, Direction], OcppMessage] | None = state.get(OUTSTANDING)
             if outstanding:
-                outstanding.pop((event.connection_id, Direction.CP_TO_CSMS), None)
-                outstanding.pop((event.connection_id, Direction.CSMS_TO_CP), None)
+                outstanding.pop((event.connection_id, CP_TO_CSMS), None)
+                outstanding.pop((event.connection_id, CSMS_TO_CP), None)
         return []
 
     def on_message(self, msg: OcppMessage, ctx: ChargePointContext, state: State) -> list[Finding]:
         findings = self._framing(msg, ctx) if msg.flags else []
         mtype = msg.message_type
-        if mtype in (MessageType.CALL, MessageType.SEND):
-            findings += self._request(msg)
-            if mtype == MessageType.CALL:
-                findings += self._outstanding(msg, state)
+        if mtype in REQUESTS:
+            request = self._request(msg)
+            if request:
+                findings += request
+            if mtype == CALL:
+                outstanding = self._outstanding(msg, state)
+                if outstanding is not None:
+                    findings.append(outstanding)
         elif mtype in ANSWERS:
             _answered(msg, state)
         return findings
@@ -84,10 +94,9 @@ class ProtocolDetector:
                         {"flags": flags, "sender": msg.sender, "message_type": msg.message_type,
                          "message_id_length": len(msg.message_id)})]
 
-    def _send_misuse(self, msg: OcppMessage, version: str, action: str) -> list[Finding]:
+    def _send_misuse(self, msg: OcppMessage, info: ActionInfo) -> list[Finding]:
         """2.1: SEND carries only unconfirmed (send-only) actions, and those never travel as CALL."""
-        info = self.catalog.get(version, action)
-        if info is None or info.send_only == (msg.message_type == MessageType.SEND):
+        if info.send_only == (msg.message_type == SEND):
             return []
         flag = "call_for_send_only_action" if info.send_only else "send_for_confirmed_action"
         return [Finding(MALFORMED_FRAMING,
@@ -98,19 +107,35 @@ class ProtocolDetector:
 
     # --- CW-PROTO-003 and CW-PROTO-002 ------------------------------------------------
 
-    def _request(self, msg: OcppMessage) -> list[Finding]:
+    def _request(self, msg: OcppMessage) -> list[Finding] | None:
+        """Findings about a CALL/SEND's action and payload (None: nothing to report)."""
         version, action = msg.ocpp_version, msg.action
-        if action is None or version not in self.catalog.actions or "message_type_not_in_version" in msg.flags:
-            return []  # no version to judge against, or already malformed framing
-        if self.catalog.get(version, action) is None:
-            return [self._unknown(msg, version, action)]
-        findings = self._send_misuse(msg, version, action) if version == "2.1" else []
-        if self.check_schema:
-            check = lenient_validator(version, action, False, self.check_formats)
-            error = first_violation(check, msg.payload) if check is not None else None
+        if action is None or version is None or (msg.flags and "message_type_not_in_version" in msg.flags):
+            return None  # no version to judge against, or already malformed framing
+        plans = self._plans.get(version)
+        plan = plans.get(action) if plans is not None else None
+        if plan is None:
+            if version not in self.catalog.actions:
+                return None  # no version to judge against
+            info = self.catalog.get(version, action)
+            if info is None:
+                return [self._unknown(msg, version, action)]
+            plan = self._plan(version, info)  # cached: one per action of the catalog
+            self._plans.setdefault(version, {})[action] = plan
+        findings = self._send_misuse(msg, plan.info) if version == "2.1" else []
+        # The acceptor answers "valid" for most payloads at a fraction of first_violation's cost.
+        if plan.check is not None and not plan.accept(msg.payload):
+            error = first_violation(plan.check, msg.payload)
             if error is not None:
                 findings.append(_schema_finding(msg, error))
         return findings
+
+    def _plan(self, version: str, info: ActionInfo) -> _Plan:
+        """What a request of a known (version, action) is judged with."""
+        if not self.check_schema:
+            return _Plan(info, None, None)
+        return _Plan(info, acceptor(version, info.action, False, self.check_formats),
+                     lenient_validator(version, info.action, False, self.check_formats))
 
     def _unknown(self, msg: OcppMessage, version: str, action: str) -> Finding:
         """An action the negotiated version does not define (CW-PROTO-001 judges known ones)."""
@@ -122,35 +147,52 @@ class ProtocolDetector:
 
     # --- CW-PROTO-004 -----------------------------------------------------------------
 
-    def _outstanding(self, msg: OcppMessage, state: State) -> list[Finding]:
+    def _outstanding(self, msg: OcppMessage, state: State) -> Finding | None:
         """A CALL while the sender's previous CALL on this connection is unanswered and not timed out."""
-        outstanding: dict[tuple[str, Direction], list[Any]] = state.setdefault("outstanding", {})
+        outstanding: dict[tuple[str, Direction], OcppMessage] | None = state.get(OUTSTANDING)
+        if outstanding is None:
+            outstanding = state[OUTSTANDING] = {}
         key = (msg.connection_id, msg.direction)
         previous = outstanding.pop(key, None)
-        outstanding[key] = [msg.message_id, msg.ts, msg.action]
+        outstanding[key] = msg
         if len(outstanding) > MAX_TRACKED_CONNECTIONS:
             del outstanding[next(iter(outstanding))]
-        if previous is None or previous[0] == msg.message_id:
-            return []  # nothing outstanding, or a retry of the outstanding CALL itself
-        age = msg.ts - previous[1]
+        if previous is None or previous.message_id == msg.message_id:
+            return None  # nothing outstanding, or a retry of the outstanding CALL itself
+        age = msg.ts - previous.ts
         if not 0 <= age < self.call_timeout:
-            return []  # timed out (or records out of order): the sender may move on
-        return [Finding(CONCURRENT_CALL,
-                        f"{msg.sender} sent {msg.action} while its {previous[2]} {previous[0]} on this "
-                        f"connection was unanswered for {age:.1f}s (timeout {self.call_timeout:g}s)",
-                        {"sender": msg.sender, "outstanding_message_id": previous[0],
-                         "outstanding_action": previous[2], "outstanding_ts": previous[1],
-                         "outstanding_age_s": round(age, 6), "call_timeout_s": self.call_timeout})]
+            return None  # timed out (or records out of order): the sender may move on
+        return Finding(CONCURRENT_CALL,
+                       f"{msg.sender} sent {msg.action} while its {previous.action} {previous.message_id} on "
+                       f"this connection was unanswered for {age:.1f}s (timeout {self.call_timeout:g}s)",
+                       {"sender": msg.sender, "outstanding_message_id": previous.message_id,
+                        "outstanding_action": previous.action, "outstanding_ts": previous.ts,
+                        "outstanding_age_s": round(age, 6), "call_timeout_s": self.call_timeout})
+
+
+class _Plan:
+    """How requests of one known (version, action) are judged: check None when schemas are not
+    checked or the action has no request schema."""
+
+    __slots__ = ("accept", "check", "info")
+
+    def __init__(self, info: ActionInfo, accept: Acceptor | None, check: Validator | None) -> None:
+        self.info = info
+        self.check = check
+        self.accept: Acceptor = accept if accept is not None and check is not None else _never
+
+
+def _never(payload: Any) -> bool:
+    return False
 
 
 def _answered(msg: OcppMessage, state: State) -> None:
-    outstanding: dict[tuple[str, Direction], list[Any]] | None = state.get("outstanding")
+    outstanding: dict[tuple[str, Direction], OcppMessage] | None = state.get(OUTSTANDING)
     if not outstanding:
         return
-    caller = Direction.CSMS_TO_CP if msg.direction is Direction.CP_TO_CSMS else Direction.CP_TO_CSMS
-    key = (msg.connection_id, caller)
+    key = (msg.connection_id, CSMS_TO_CP if msg.direction is CP_TO_CSMS else CP_TO_CSMS)
     entry = outstanding.get(key)
-    if entry is not None and entry[0] == msg.message_id:
+    if entry is not None and entry.message_id == msg.message_id:
         del outstanding[key]
 
 
@@ -159,10 +201,11 @@ def _answered(msg: OcppMessage, state: State) -> None:
 
 def _schema_finding(msg: OcppMessage, error: JsonSchemaValueException) -> Finding:
     field = (error.name or "data").removeprefix("data").lstrip(".") or "(payload)"
+    violation = stable_message(error)
     return Finding(SCHEMA_INVALID,
                    f"{msg.sender} sent a {msg.action} request that violates the OCPP {msg.ocpp_version} "
-                   f"schema: {error.message}",
-                   {"sender": msg.sender, "violation": error.message, "field": field, "schema_rule": error.rule,
+                   f"schema: {violation}",
+                   {"sender": msg.sender, "violation": violation, "field": field, "schema_rule": error.rule,
                     "expected": _short(error.rule_definition), "value": _short(error.value)})
 
 

@@ -33,6 +33,26 @@ REPORT_REQUESTS = {"GetBaseReport": "NotifyReport", "GetReport": "NotifyReport",
 ANY_ACTION = "*"  # 2.1 CustomTrigger: the station decides what to send
 HEARTBEAT_VARIABLE = ("OCPPCommCtrlr", "HeartbeatInterval")
 MAX_SOLICITED = 16
+# Bound once: this detector sees every message, and most need no more than these tests.
+CALL, CALLRESULT = int(MessageType.CALL), int(MessageType.CALLRESULT)
+CSMS_TO_CP = Direction.CSMS_TO_CP
+SOLICITING = frozenset(TRIGGERS) | frozenset(REPORT_REQUESTS)
+ANSWERS_READ = frozenset({"BootNotification", "ChangeConfiguration", "SetVariables", "GetConfiguration",
+                          "GetVariables"})
+
+
+class BootAnswer:
+    """The last BootNotification answer seen (state ``"boot"``)."""
+
+    __slots__ = ("connection_id", "interval", "message_id", "not_accepted", "status", "ts")
+
+    def __init__(self, status: Any, ts: float, interval: float, connection_id: str, message_id: str) -> None:
+        self.status = status
+        self.ts = ts
+        self.interval = interval
+        self.connection_id = connection_id
+        self.message_id = message_id
+        self.not_accepted = status in NOT_ACCEPTED_STATES
 
 
 class SessionDetector:
@@ -54,17 +74,20 @@ class SessionDetector:
         return []
 
     def on_message(self, msg: OcppMessage, ctx: ChargePointContext, state: State) -> list[Finding]:
-        if msg.message_type == MessageType.CALL:
-            if msg.direction is Direction.CSMS_TO_CP:
-                self._solicit(msg, state)
+        mtype, action = msg.message_type, msg.action
+        if mtype == CALL:
+            if msg.direction is CSMS_TO_CP:
+                if action in SOLICITING:
+                    self._solicit(msg, state)
                 return []
-            if msg.action == "BootNotification":
+            if action == "BootNotification":
                 return self._boot(msg, state)
-            findings = self._heartbeat(msg, state) if msg.action == "Heartbeat" else []
-            if "boot" in state:
-                findings += self._not_accepted(msg, ctx, state)
+            findings = self._heartbeat(msg, state) if action == "Heartbeat" else []
+            boot: BootAnswer | None = state.get("boot")
+            if boot is not None and boot.not_accepted:
+                findings += self._not_accepted(msg, ctx, boot, state)
             return findings
-        if msg.message_type == MessageType.CALLRESULT:
+        if mtype == CALLRESULT and action in ANSWERS_READ:
             self._result(msg, ctx, state)
         return []
 
@@ -90,7 +113,9 @@ class SessionDetector:
             del solicited[next(iter(solicited))]
 
     def _was_solicited(self, state: State, action: str, ts: float, consume: bool = False) -> bool:
-        solicited: dict[str, float] = state.get("solicited", {})
+        solicited: dict[str, float] | None = state.get("solicited")
+        if not solicited:
+            return False
         for key in (action, ANY_ACTION):
             asked = solicited.get(key)
             if asked is not None and 0 <= ts - asked <= self.solicited_window:
@@ -100,10 +125,8 @@ class SessionDetector:
         return False
 
     def _result(self, msg: OcppMessage, ctx: ChargePointContext, state: State) -> None:
-        """Boot answers (status, interval) and heartbeat-interval changes the station accepted."""
-        if msg.action not in ("BootNotification", "ChangeConfiguration", "SetVariables", "GetConfiguration",
-                              "GetVariables"):
-            return
+        """Boot answers (status, interval) and heartbeat-interval changes the station accepted
+        (msg answers one of ANSWERS_READ)."""
         request = ctx.request_for(msg)
         if request is None or not isinstance(msg.payload, dict) or not isinstance(request.payload, dict):
             return
@@ -111,8 +134,7 @@ class SessionDetector:
             return  # boots are answered by the central system, configuration requests by the station
         if msg.action == "BootNotification":
             status, interval = msg.payload.get("status"), _seconds(msg.payload.get("interval"))
-            state["boot"] = {"status": status, "ts": msg.ts, "interval": interval or 0.0,
-                             "connection_id": msg.connection_id, "message_id": msg.message_id}
+            state["boot"] = BootAnswer(status, msg.ts, interval or 0.0, msg.connection_id, msg.message_id)
             state.pop("solicited", None)
             if status == "Accepted" and interval:
                 _set_interval(state, interval, f"BootNotification answer {msg.message_id}", msg.ts)
@@ -123,25 +145,25 @@ class SessionDetector:
 
     # --- CW-PROTO-005 -----------------------------------------------------------------
 
-    def _not_accepted(self, msg: OcppMessage, ctx: ChargePointContext, state: State) -> list[Finding]:
-        """A CALL from a station whose last boot was answered Pending/Rejected, on a connection we
-        know carried no newer boot (the answer's own, or one we watched open after it)."""
-        boot = state["boot"]
-        if boot["status"] not in NOT_ACCEPTED_STATES or msg.ts < boot["ts"]:
+    def _not_accepted(self, msg: OcppMessage, ctx: ChargePointContext, boot: BootAnswer,
+                      state: State) -> list[Finding]:
+        """A CALL from a station whose last boot was answered Pending/Rejected (boot), on a connection
+        we know carried no newer boot (the answer's own, or one we watched open after it)."""
+        if msg.ts < boot.ts:
             return []
-        if msg.connection_id != boot["connection_id"]:
+        if msg.connection_id != boot.connection_id:
             conn = ctx.connection(msg.connection_id)
-            if conn is None or not conn.from_upgrade or conn.opened_ts < boot["ts"]:
+            if conn is None or not conn.from_upgrade or conn.opened_ts < boot.ts:
                 return []
         if msg.action is None or self._was_solicited(state, msg.action, msg.ts):
             return []
         return [Finding(NOT_ACCEPTED,
-                        f"charge point sent {msg.action} {msg.ts - boot['ts']:.1f}s after its BootNotification "
-                        f"was answered {boot['status']}; only BootNotification (or what the central system "
+                        f"charge point sent {msg.action} {msg.ts - boot.ts:.1f}s after its BootNotification "
+                        f"was answered {boot.status}; only BootNotification (or what the central system "
                         "asked for) is allowed before Accepted",
-                        {"boot_status": boot["status"], "boot_message_id": boot["message_id"],
-                         "boot_answered_ts": boot["ts"], "boot_interval_s": boot["interval"],
-                         "same_connection": msg.connection_id == boot["connection_id"]})]
+                        {"boot_status": boot.status, "boot_message_id": boot.message_id,
+                         "boot_answered_ts": boot.ts, "boot_interval_s": boot.interval,
+                         "same_connection": msg.connection_id == boot.connection_id})]
 
     # --- CW-PROTO-007 -----------------------------------------------------------------
 
@@ -151,13 +173,13 @@ class SessionDetector:
             return []  # a retry of the same BootNotification
         state["last_boot_id"] = msg.message_id
         triggered = self._was_solicited(state, "BootNotification", msg.ts, consume=True)
-        boot = state.get("boot")
+        boot: BootAnswer | None = state.get("boot")
         early: dict[str, Any] | None = None
-        if boot is not None and boot["status"] in NOT_ACCEPTED_STATES and boot["interval"] > 0 and not triggered:
-            waited = msg.ts - boot["ts"]  # negative: records out of order, no judgement
-            if 0 <= waited < boot["interval"] * (1 - self.early_tolerance):
-                early = {"waited_s": round(waited, 6), "boot_interval_s": boot["interval"],
-                         "previous_status": boot["status"], "previous_message_id": boot["message_id"]}
+        if boot is not None and boot.not_accepted and boot.interval > 0 and not triggered:
+            waited = msg.ts - boot.ts  # negative: records out of order, no judgement
+            if 0 <= waited < boot.interval * (1 - self.early_tolerance):
+                early = {"waited_s": round(waited, 6), "boot_interval_s": boot.interval,
+                         "previous_status": boot.status, "previous_message_id": boot.message_id}
             elif waited >= 0:
                 return []  # the retry the central system asked for
         if triggered:
@@ -240,20 +262,25 @@ def _configured_interval(action: str | None, request: dict[str, Any], result: di
         accepted = result.get("status") == "Accepted" and request.get("key") == "HeartbeatInterval"
         return _seconds(request.get("value")) if accepted else None
     if action == "GetConfiguration":
-        entries = result.get("configurationKey")
-        values = [e.get("value") for e in entries or () if isinstance(e, dict) and e.get("key") == "HeartbeatInterval"]
+        entries = _as_list(result.get("configurationKey"))
+        values = [e.get("value") for e in entries if isinstance(e, dict) and e.get("key") == "HeartbeatInterval"]
         return _seconds(values[0]) if values else None
     if action == "SetVariables":
-        results = result.get("setVariableResult")
-        if not any(_is_heartbeat(r) and r.get("attributeStatus") == "Accepted" for r in results or ()):
+        results = _as_list(result.get("setVariableResult"))
+        if not any(_is_heartbeat(r) and r.get("attributeStatus") == "Accepted" for r in results):
             return None
-        values = [d.get("attributeValue") for d in request.get("setVariableData") or () if _is_heartbeat(d)]
+        values = [d.get("attributeValue") for d in _as_list(request.get("setVariableData")) if _is_heartbeat(d)]
         return _seconds(values[0]) if values else None
     if action == "GetVariables":
-        values = [r.get("attributeValue") for r in result.get("getVariableResult") or ()
+        values = [r.get("attributeValue") for r in _as_list(result.get("getVariableResult"))
                   if _is_heartbeat(r) and r.get("attributeStatus") == "Accepted"]
         return _seconds(values[0]) if values else None
     return None
+
+
+def _as_list(value: Any) -> list[Any]:
+    """value when it is a JSON array, else [] (a schema-invalid answer is CW-MITM-006's to judge)."""
+    return value if isinstance(value, list) else []
 
 
 def _is_heartbeat(entry: Any) -> bool:

@@ -8,6 +8,7 @@ from detectors.commands import command_detectors
 from detectors.correlation import AuthorizeSpreadDetector, CommandBurstDetector, TokenSessionDetector
 from detectors.direction import DirectionDetector
 from detectors.mitm import mitm_detectors
+from detectors.mitm_tls import TlsStripDetector
 from detectors.policy import Policy
 from detectors.protocol import protocol_detectors
 from detectors.replay import ReplayDetector
@@ -25,5 +26,6 @@ def default_detectors(rules: dict[str, Rule], catalog: Catalog, policy: Policy) 
 
 def correlation_detectors(rules: dict[str, Rule], catalog: Catalog, policy: Policy) -> list[Detector]:
     """Every shipped cross-charge-point detector; each names the stage it runs in (``route``:
-    "id_tag" or "fleet", see detectors/stages.py)."""
-    return [CommandBurstDetector(rules, policy), AuthorizeSpreadDetector(rules), TokenSessionDetector(rules, policy)]
+    "id_tag", "fleet" or "client_ip", see detectors/stages.py)."""
+    return [CommandBurstDetector(rules, policy), AuthorizeSpreadDetector(rules), TokenSessionDetector(rules, policy),
+            TlsStripDetector(rules)]

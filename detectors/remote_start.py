@@ -12,6 +12,7 @@ than ``MAX_GAP_S`` do not count as watching), so a monitor started mid-stream st
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from chargewatch.model import ConnectionEvent, Direction, MessageType, OcppMessage, payload_id_tag
@@ -24,6 +25,26 @@ REMOTE_STARTS = frozenset({"RemoteStartTransaction", "RequestStartTransaction"})
 TAG_SOURCES = frozenset({"Authorize", "StartTransaction", "StopTransaction", "TransactionEvent", "ReserveNow",
                          "SendLocalList"})
 MAX_GAP_S = 3600.0  # a longer silence is a capture gap, not time spent watching
+CALL = int(MessageType.CALL)
+CSMS_TO_CP = Direction.CSMS_TO_CP
+WATCH = "watch"  # the one state entry: a _Watch
+
+
+@dataclass(slots=True)
+class _Watch:
+    """How long we watched the charge point, and the idTags it dealt with."""
+
+    last_ts: float  # time of the latest record
+    watched_s: float = 0.0  # time spent watching so far
+    tags: dict[str, None] = field(default_factory=dict)  # an ordered set: most recently seen last
+
+    def advance(self, ts: float) -> None:
+        """Add the time since the previous record (gaps excluded)."""
+        gap = ts - self.last_ts
+        if gap > 0:
+            if gap <= MAX_GAP_S:
+                self.watched_s += gap
+            self.last_ts = ts
 
 
 class RemoteStartDetector:
@@ -39,25 +60,38 @@ class RemoteStartDetector:
         self.max_tags = int(rule.param("max_tags"))
 
     def on_connection(self, event: ConnectionEvent, ctx: ChargePointContext, state: State) -> list[Finding]:
-        _watch(state, event.ts)
+        watch: _Watch | None = state.get(WATCH)
+        if watch is None:
+            state[WATCH] = _Watch(event.ts)
+        else:
+            watch.advance(event.ts)
         return []
 
     def on_message(self, msg: OcppMessage, ctx: ChargePointContext, state: State) -> list[Finding]:
-        _watch(state, msg.ts)
-        if msg.message_type != MessageType.CALL:
+        watch: _Watch | None = state.get(WATCH)
+        if watch is None:
+            watch = state[WATCH] = _Watch(msg.ts)
+        else:  # watch.advance(msg.ts), inlined: this runs for every message
+            gap = msg.ts - watch.last_ts
+            if gap > 0:
+                if gap <= MAX_GAP_S:
+                    watch.watched_s += gap
+                watch.last_ts = msg.ts
+        if msg.message_type != CALL:
             return []
-        if msg.action in TAG_SOURCES:
-            self._remember(state, _tags(msg.action, msg.payload))
-        elif msg.action in REMOTE_STARTS and msg.direction is Direction.CSMS_TO_CP:
-            return self._judge(msg, state)
+        action = msg.action
+        if action in TAG_SOURCES:
+            self._remember(watch.tags, _tags(action, msg.payload))
+        elif action in REMOTE_STARTS and msg.direction is CSMS_TO_CP:
+            return self._judge(msg, watch)
         return []
 
-    def _judge(self, msg: OcppMessage, state: State) -> list[Finding]:
+    def _judge(self, msg: OcppMessage, watch: _Watch) -> list[Finding]:
         tag = payload_id_tag(msg.payload)
-        watched = state["watch"][1]
+        watched = watch.watched_s
         if tag is None or watched < self.warmup_s:
             return []
-        tags: dict[str, None] = state.setdefault("tags", {})
+        tags = watch.tags
         if tag in tags:
             tags[tag] = tags.pop(tag)  # most recently used last: it survives the cap longest
             return []
@@ -67,29 +101,13 @@ class RemoteStartDetector:
                         {"id_tag": tag, "watched_s": round(watched, 1), "known_tags": len(tags),
                          "payload": msg.payload})]
 
-    def _remember(self, state: State, found: list[str]) -> None:
+    def _remember(self, tags: dict[str, None], found: list[str]) -> None:
         """Add tags as most recently seen (a dict used as an ordered set), forgetting the oldest over the cap."""
-        if not found:
-            return
-        tags: dict[str, None] = state.setdefault("tags", {})
         for tag in found:
             tags.pop(tag, None)
             tags[tag] = None
         while len(tags) > self.max_tags:
             del tags[next(iter(tags))]
-
-
-def _watch(state: State, ts: float) -> None:
-    """Add the time since the previous record to the time spent watching (gaps excluded)."""
-    watch: list[float] | None = state.get("watch")
-    if watch is None:
-        state["watch"] = [ts, 0.0]
-        return
-    gap = ts - watch[0]
-    if gap > 0:
-        if gap <= MAX_GAP_S:
-            watch[1] += gap
-        watch[0] = ts
 
 
 def _tags(action: str | None, payload: Any) -> list[str]:

@@ -25,11 +25,10 @@ current message may be a drain that began before the capture, and stays silent.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
 from chargewatch.model import OcppMessage
-from detectors.base import Finding, State
+from detectors.base import Finding
 from detectors.context import ChargePointContext
 from detectors.ocpptime import iso_time, parse_time
 from detectors.rules import Rule
@@ -40,46 +39,58 @@ QUEUES = {"StartTransaction": "transaction", "StopTransaction": "transaction", "
           "TransactionEvent": "transaction", "StatusNotification": "status",
           "SecurityEventNotification": "security"}
 MAX_TRACKED_CONNECTIONS = 8
+# The central system's clock as its latest currentTime showed it: (seconds it runs ahead of the
+# capture clock, message id of that answer, capture time of that answer).
+Clock = tuple[float, str, float]
+# The queues each recent connection delivered a current message of (oldest connection first).
+Drained = dict[str, set[str]]
 
 
-def claimed_time(action: str | None, payload: dict[str, Any]) -> tuple[str, str, float] | None:
-    """(field, raw value, epoch) of the time a message says it describes, None if it says none.
+def claimed_epoch(action: str | None, payload: dict[str, Any]) -> float | None:
+    """Epoch seconds of the time a message says it describes, None if it says none.
 
     MeterValues carries one time per sample: the newest counts. The meter values inside a
     StopTransaction or an Ended event legitimately span the whole transaction and are ignored.
     """
-    if action == "MeterValues":
-        newest: tuple[str, str, float] | None = None
-        values = payload.get("meterValue")
-        for i, value in enumerate(values if isinstance(values, list) else ()):
-            if isinstance(value, dict):
-                when = parse_time(value.get("timestamp"))
-                if when is not None and (newest is None or when > newest[2]):
-                    newest = (f"meterValue[{i}].timestamp", value["timestamp"], when)
-        return newest
-    raw = payload.get("timestamp")
-    when = parse_time(raw)
-    return None if when is None else ("timestamp", str(raw), when)
+    if action != "MeterValues":
+        return parse_time(payload.get("timestamp"))
+    newest: float | None = None
+    values = payload.get("meterValue")
+    for value in values if isinstance(values, list) else ():
+        if isinstance(value, dict):
+            when = parse_time(value.get("timestamp"))
+            if when is not None and (newest is None or when > newest):
+                newest = when
+    return newest
 
 
-def note_csms_time(state: State, result: OcppMessage) -> None:
-    """Remember the central system's clock offset shown by a currentTime in result."""
+def claimed_field(action: str | None, payload: dict[str, Any], when: float) -> tuple[str, str]:
+    """(field, raw value) that claimed_epoch read when from (for MeterValues, the first sample
+    with the newest time): what a finding names, looked up only when one fires."""
+    if action != "MeterValues":
+        return "timestamp", str(payload["timestamp"])
+    values = payload["meterValue"]
+    i = next(i for i, value in enumerate(values)
+             if isinstance(value, dict) and parse_time(value.get("timestamp")) == when)
+    return f"meterValue[{i}].timestamp", values[i]["timestamp"]
+
+
+def csms_clock(result: OcppMessage) -> Clock | None:
+    """The central system's clock shown by a currentTime in result (None: it shows none)."""
     payload = result.payload if isinstance(result.payload, dict) else {}
     when = parse_time(payload.get("currentTime"))
-    if when is not None:
-        state["clock"] = (when - result.ts, result.message_id, result.ts)
+    return None if when is None else (when - result.ts, result.message_id, result.ts)
 
 
-def csms_offset(state: State) -> float:
+def csms_offset(clock: Clock | None) -> float:
     """Seconds the central system's clock runs ahead of the capture clock (0 when never seen)."""
-    clock = state.get("clock")
     return 0.0 if clock is None else float(clock[0])
 
 
-def event_time(state: State, msg: OcppMessage) -> float | None:
+def event_time(clock: Clock | None, msg: OcppMessage) -> float | None:
     """The time msg claims to describe, on the capture clock (None when it claims none)."""
-    claim = claimed_time(msg.action, msg.payload) if isinstance(msg.payload, dict) else None
-    return None if claim is None else claim[2] - csms_offset(state)
+    when = claimed_epoch(msg.action, msg.payload) if isinstance(msg.payload, dict) else None
+    return None if when is None else when - csms_offset(clock)
 
 
 class ClockSkewCheck:
@@ -89,20 +100,24 @@ class ClockSkewCheck:
         self.max_age = float(rule.param("max_age_s"))
         self.max_ahead = float(rule.param("max_ahead_s"))
 
-    def check(self, msg: OcppMessage, ctx: ChargePointContext, state: State) -> list[Finding]:
-        claim = claimed_time(msg.action, msg.payload)
-        if claim is None:
+    def check(self, msg: OcppMessage, ctx: ChargePointContext, clock: Clock | None,
+              drained: Drained) -> list[Finding]:
+        """Findings for msg given the central system's clock; notes in drained what it delivered."""
+        when = claimed_epoch(msg.action, msg.payload)
+        if when is None or clock is None:  # no time claimed, or the reference clock is not known yet
             return []
-        clock = state.get("clock")
-        if clock is None:  # the charge point's reference clock is not known yet
-            return []
-        field, raw, when = claim
-        offset = float(clock[0])
+        offset = clock[0]
         skew = when - (msg.ts + offset)
         queue = QUEUES.get(msg.action or "", "other")
         if -self.max_age <= skew <= self.max_ahead:
-            _mark_drained(state, msg.connection_id, queue)
+            queues = drained.get(msg.connection_id)
+            if queues is None:
+                queues = drained[msg.connection_id] = set()
+                while len(drained) > MAX_TRACKED_CONNECTIONS:
+                    del drained[next(iter(drained))]
+            queues.add(queue)
             return []
+        field, raw = claimed_field(msg.action, msg.payload, when)
         evidence: dict[str, Any] = {
             "field": field, "claimed": raw, "skew_s": round(skew, 3), "csms_offset_s": round(offset, 3),
             "csms_time_message_id": clock[1], "skew_vs_capture_s": round(when - msg.ts, 3), "payload": msg.payload}
@@ -111,7 +126,7 @@ class ClockSkewCheck:
             why = "ahead of"
         else:
             evidence["tolerance_s"] = self.max_age
-            cause = self._unexcused(msg, ctx, state, when - offset, queue)
+            cause = self._unexcused(msg, ctx, drained, when - offset, queue)
             if cause is None:
                 return []
             evidence.update(cause)
@@ -122,12 +137,12 @@ class ClockSkewCheck:
                         + (f"; {evidence['why_not_queued']}" if "why_not_queued" in evidence else ""),
                         evidence)]
 
-    def _unexcused(self, msg: OcppMessage, ctx: ChargePointContext, state: State, when: float,
+    def _unexcused(self, msg: OcppMessage, ctx: ChargePointContext, drained: Drained, when: float,
                    queue: str) -> dict[str, Any] | None:
         """Why a stale message cannot be an offline-queued one, or None when it may be."""
         if msg.action == "TransactionEvent" and msg.payload.get("offline") is True:
             return None
-        if queue in state.get("drained", {}).get(msg.connection_id, ()):
+        if queue in drained.get(msg.connection_id, ()):
             return {"why_not_queued": f"connection {msg.connection_id} had already delivered a current "
                                       f"{queue} message, so its offline queue was empty",
                     "offline": msg.payload.get("offline")}
@@ -150,13 +165,3 @@ def _online_at(ctx: ChargePointContext, msg: OcppMessage, when: float, slack: fl
         if conn.opened_ts + slack < when < until - slack:
             return conn.connection_id, conn.opened_ts, until
     return None
-
-
-def _mark_drained(state: State, connection_id: str, queue: str) -> None:
-    drained: OrderedDict[str, set[str]] = state.setdefault("drained", OrderedDict())
-    queues = drained.get(connection_id)
-    if queues is None:
-        queues = drained[connection_id] = set()
-        while len(drained) > MAX_TRACKED_CONNECTIONS:
-            drained.popitem(last=False)
-    queues.add(queue)

@@ -17,15 +17,15 @@ unrelated captures.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from chargewatch.model import ConnectionEvent, MessageType, OcppMessage
 from detectors.base import Finding, State
 from detectors.context import ChargePointContext
 from detectors.ocpptime import iso_time
-from detectors.replay import content_digest
-from detectors.replay_clock import CLOCK_SKEW, ClockSkewCheck, event_time, note_csms_time
+from detectors.replay import CALL, CALLRESULT, FROM_CP, content_digest
+from detectors.replay_clock import CLOCK_SKEW, Clock, ClockSkewCheck, Drained, csms_clock, event_time
 from detectors.rules import Rule
 
 ANSWERED_TWICE = "CW-REPLAY-003"
@@ -34,12 +34,15 @@ CONNECTOR_BUSY = "CW-REPLAY-006"
 STOPPED_TX = "CW-REPLAY-007"
 SEQ_NO = "CW-REPLAY-008"
 ANSWER_NAMES = {MessageType.CALLRESULT: "CALLRESULT", MessageType.CALLERROR: "CALLERROR"}
+# The charge-point CALLs these checks read (others are passed over at once) and the CALLs whose
+# CALLRESULT they read; tuples (``in`` compares), so an action of any type is just not one of them.
+CP_ACTIONS = ("MeterValues", "StatusNotification", "StartTransaction", "StopTransaction", "TransactionEvent",
+              "SecurityEventNotification")
+RESULTS_READ = ("Heartbeat", "StartTransaction", "BootNotification")
 # Stops that a reboot causes: they may end a transaction that started before the capture.
 REBOOT_STOPS = frozenset({"PowerLoss", "Reboot", "HardReset", "SoftReset", "ImmediateReset"})
 REBOOT_TRIGGERS = frozenset({"ResetCommand", "TxResumed"})
 BOOT_TRIGGER_WINDOW_S = 300.0  # a BootNotification this soon after TriggerMessage(BootNotification) was asked for
-# An answered CALL: answer time, answer type, connection, the CALL's action, answer payload.
-Answer = tuple[float, int, str, str | None, Any]
 
 
 @dataclass(slots=True)
@@ -61,6 +64,22 @@ class TxMemory:
     refused: bool = False  # the central system did not accept its start (it may end without a stop)
 
 
+@dataclass(slots=True)
+class Memory:
+    """This detector's state of one charge point (the ``"memory"`` entry of its state dict)."""
+
+    last_ts: float | None = None  # latest capture time
+    # The first answer of each recent CALL by (caller, message id), oldest first, as it names the CALL's
+    # action (a copy naming it when the answer itself does not: no container per answer to collect).
+    answers: dict[tuple[str, str], OcppMessage] = field(default_factory=dict)
+    txs: OrderedDict[str, TxMemory] = field(default_factory=OrderedDict)  # least recently used first
+    boot: tuple[float, str, bool] | None = None  # last accepted boot: answer time, CALL id, triggered
+    boot_trigger_ts: float | None = None  # TriggerMessage(BootNotification) asked for since that boot
+    clock: Clock | None = None
+    drained: Drained = field(default_factory=dict)
+    seq_last: int | None = None  # the latest seqNo of any transaction
+
+
 class ReplayStateDetector:
     """CW-REPLAY-003 to CW-REPLAY-008."""
 
@@ -75,81 +94,78 @@ class ReplayStateDetector:
         self.clock = ClockSkewCheck(rules[CLOCK_SKEW])
 
     def on_connection(self, event: ConnectionEvent, ctx: ChargePointContext, state: State) -> list[Finding]:
-        _continuity(state, event.ts)
+        _memory(state, event.ts)
         return []
 
     def on_message(self, msg: OcppMessage, ctx: ChargePointContext, state: State) -> list[Finding]:
-        _continuity(state, msg.ts)
+        mem = _memory(state, msg.ts)
         kind = msg.message_type
-        if kind == MessageType.CALL:
-            answered = state.get("answered")
-            if answered:  # a re-sent CALL may be answered again
-                answered.pop((msg.sender, msg.message_id), None)
-            if not isinstance(msg.payload, dict):
-                return []
-            if msg.sender == "cp":
-                return self._cp_call(msg, ctx, state)
-            if msg.action == "TriggerMessage" and msg.payload.get("requestedMessage") == "BootNotification":
-                state["boot_trigger_ts"] = msg.ts
+        if kind == CALL:
+            if mem.answers:  # a re-sent CALL may be answered again
+                mem.answers.pop(("cp" if msg.direction is FROM_CP else "csms", msg.message_id), None)
+            payload = msg.payload
+            if msg.direction is FROM_CP:
+                return self._cp_call(msg, ctx, mem) if msg.action in CP_ACTIONS and isinstance(payload, dict) else []
+            if (msg.action == "TriggerMessage" and isinstance(payload, dict)
+                    and payload.get("requestedMessage") == "BootNotification"):
+                mem.boot_trigger_ts = msg.ts
             return []
         if kind in ANSWER_NAMES:
-            return self._answer(msg, ctx, state)
+            return self._answer(msg, ctx, mem)
         return []
 
     # --- CW-REPLAY-003: one CALL, two answers ---------------------------------------------
 
-    def _answer(self, msg: OcppMessage, ctx: ChargePointContext, state: State) -> list[Finding]:
-        caller = "csms" if msg.sender == "cp" else "cp"
-        answered: OrderedDict[tuple[str, str], Answer] = state.setdefault("answered", OrderedDict())
-        request = ctx.request_for(msg)
+    def _answer(self, msg: OcppMessage, ctx: ChargePointContext, mem: Memory) -> list[Finding]:
+        caller = "csms" if msg.direction is FROM_CP else "cp"
+        key = (caller, msg.message_id)
+        answers = mem.answers
+        request = ctx.pending.get(key)  # ctx.request_for(msg), with the key built once
         if request is None:
-            first = answered.get((caller, msg.message_id))
-            if first is None or (first[1] == msg.message_type and first[4] == msg.payload):
+            first = answers.get(key)
+            if first is None or (first.message_type == msg.message_type and first.payload == msg.payload):
                 return []  # no answer seen, or the same answer sent twice (harmless)
             return [_answered_twice(msg, caller, first)]
-        answered[(caller, msg.message_id)] = (msg.ts, msg.message_type, msg.connection_id, request.action,
-                                              msg.payload)
-        while answered and (len(answered) > self.answer_history
-                            or next(iter(answered.values()))[0] < msg.ts - self.answer_window):
-            answered.popitem(last=False)
-        if msg.sender != "csms" or msg.message_type != MessageType.CALLRESULT or not isinstance(msg.payload, dict):
+        action = request.action
+        answers[key] = msg if msg.action == action else replace(msg, action=action)
+        too_old = msg.ts - self.answer_window
+        while answers and (len(answers) > self.answer_history or next(iter(answers.values())).ts < too_old):
+            del answers[next(iter(answers))]
+        if (action not in RESULTS_READ or msg.direction is FROM_CP or msg.message_type != CALLRESULT
+                or not isinstance(msg.payload, dict)):
             return []
-        if request.action in ("BootNotification", "Heartbeat"):
-            note_csms_time(state, msg)
-        if request.action == "BootNotification" and msg.payload.get("status") == "Accepted":
-            _note_boot(msg, request, state)
-        elif request.action == "StartTransaction":
-            return self._start_result16(msg, request, state)
+        if action in ("BootNotification", "Heartbeat"):
+            clock = csms_clock(msg)
+            if clock is not None:
+                mem.clock = clock
+        if action == "BootNotification" and msg.payload.get("status") == "Accepted":
+            _note_boot(msg, request, mem)
+        elif action == "StartTransaction":
+            return self._start_result16(msg, request, mem)
         return []
 
     # --- charge-point CALLs ------------------------------------------------------------------
 
-    def _cp_call(self, msg: OcppMessage, ctx: ChargePointContext, state: State) -> list[Finding]:
+    def _cp_call(self, msg: OcppMessage, ctx: ChargePointContext, mem: Memory) -> list[Finding]:
+        """One of CP_ACTIONS."""
         action = msg.action
-        if action == "TransactionEvent":
-            return self.clock.check(msg, ctx, state) + self._transaction_event(msg, ctx, state)
-        if action == "StartTransaction":
-            return self.clock.check(msg, ctx, state) + self._busy_connector16(msg, ctx, state)
-        if action == "StopTransaction":
-            return self.clock.check(msg, ctx, state) + self._stop16(msg, ctx, state)
         if action == "MeterValues":
             tx_id = msg.payload.get("transactionId")
             if tx_id is not None:
-                self._remember(state, str(tx_id), msg)
-            return self.clock.check(msg, ctx, state)
-        if action in ("StatusNotification", "SecurityEventNotification"):
-            return self.clock.check(msg, ctx, state)
-        return []
+                self._remember(mem, str(tx_id), msg)
+            return self.clock.check(msg, ctx, mem.clock, mem.drained)
+        findings = self.clock.check(msg, ctx, mem.clock, mem.drained)
+        if action == "TransactionEvent":
+            return findings + self._transaction_event(msg, ctx, mem)
+        if action == "StartTransaction":
+            return findings + self._busy_connector16(msg, ctx, mem)
+        if action == "StopTransaction":
+            return findings + self._stop16(msg, ctx, mem)
+        return findings
 
-    def _txs(self, state: State) -> OrderedDict[str, TxMemory]:
-        txs: OrderedDict[str, TxMemory] | None = state.get("txs")
-        if txs is None:
-            txs = state["txs"] = OrderedDict()
-        return txs
-
-    def _remember(self, state: State, tx_id: str, msg: OcppMessage) -> TxMemory:
+    def _remember(self, mem: Memory, tx_id: str, msg: OcppMessage) -> TxMemory:
         """The memory of tx_id (created from msg if new), marked most recently used."""
-        txs = self._txs(state)
+        txs = mem.txs
         memory = txs.get(tx_id)
         if memory is None:
             memory = txs[tx_id] = TxMemory(msg.ts, msg.message_id, msg.action or "")
@@ -161,15 +177,15 @@ class ReplayStateDetector:
 
     # --- 1.6 ---------------------------------------------------------------------------------
 
-    def _start_result16(self, msg: OcppMessage, request: OcppMessage, state: State) -> list[Finding]:
+    def _start_result16(self, msg: OcppMessage, request: OcppMessage, mem: Memory) -> list[Finding]:
         """CW-REPLAY-005 (1.6): the central system hands out a transaction id this charge point used."""
         tx_id = msg.payload.get("transactionId")
         if not isinstance(tx_id, int) or isinstance(tx_id, bool):
             return []
         info = msg.payload.get("idTagInfo")
         digest = content_digest(request.action, request.payload)
-        known = self._txs(state).get(str(tx_id))
-        memory = self._remember(state, str(tx_id), request)
+        known = mem.txs.get(str(tx_id))
+        memory = self._remember(mem, str(tx_id), request)
         # 0 and negative ids are what many central systems answer every rejected start with; the
         # same id again for a start with the same content answers a retry.
         finding = None
@@ -180,7 +196,7 @@ class ReplayStateDetector:
         memory.refused = not isinstance(info, dict) or info.get("status") != "Accepted"
         return [] if finding is None else [finding]
 
-    def _busy_connector16(self, msg: OcppMessage, ctx: ChargePointContext, state: State) -> list[Finding]:
+    def _busy_connector16(self, msg: OcppMessage, ctx: ChargePointContext, mem: Memory) -> list[Finding]:
         """CW-REPLAY-006 (1.6): StartTransaction on a connector with an open transaction."""
         connector = msg.payload.get("connectorId")
         open_id = ctx.open_tx_by_connector.get(connector) if isinstance(connector, int) else None
@@ -189,14 +205,14 @@ class ReplayStateDetector:
             return []
         if tx.id_tag == msg.payload.get("idTag") and tx.meter_start == msg.payload.get("meterStart"):
             return []  # the same start again: a retry whose answer got lost
-        return self._busy(msg, state, connector, tx.transaction_id, tx.started_ts, tx.id_tag)
+        return self._busy(msg, mem, connector, tx.transaction_id, tx.started_ts, tx.id_tag)
 
-    def _busy(self, msg: OcppMessage, state: State, connector: Any, open_id: str, since: float,
+    def _busy(self, msg: OcppMessage, mem: Memory, connector: Any, open_id: str, since: float,
               id_tag: str | None) -> list[Finding]:
-        memory = self._txs(state).get(open_id)
+        memory = mem.txs.get(open_id)
         if since > msg.ts or (memory is not None and (memory.stop_digest is not None or memory.refused)):
             return []  # another capture's, its stop was sent but not (yet) answered, or it was refused
-        boot = state.get("boot")
+        boot = mem.boot
         if boot is not None and boot[0] > since:
             return []  # the charge point rebooted since: the boot may have ended that transaction
         return [Finding(CONNECTOR_BUSY,
@@ -206,16 +222,16 @@ class ReplayStateDetector:
                         {"connector": connector, "open_transaction_id": open_id, "open_since": since,
                          "open_id_tag": id_tag, "payload": msg.payload})]
 
-    def _stop16(self, msg: OcppMessage, ctx: ChargePointContext, state: State) -> list[Finding]:
+    def _stop16(self, msg: OcppMessage, ctx: ChargePointContext, mem: Memory) -> list[Finding]:
         tx_id = msg.payload.get("transactionId")
         if tx_id is None:
             return []
         digest = content_digest(msg.action, msg.payload)
-        return self._stopped(msg, ctx, state, str(tx_id), digest, True, msg.payload.get("reason"))
+        return self._stopped(msg, ctx, mem, str(tx_id), digest, True, msg.payload.get("reason"))
 
     # --- 2.0.1 / 2.1 --------------------------------------------------------------------------
 
-    def _transaction_event(self, msg: OcppMessage, ctx: ChargePointContext, state: State) -> list[Finding]:
+    def _transaction_event(self, msg: OcppMessage, ctx: ChargePointContext, mem: Memory) -> list[Finding]:
         info = msg.payload.get("transactionInfo")
         tx_raw = info.get("transactionId") if isinstance(info, dict) else None
         if tx_raw is None:
@@ -224,17 +240,18 @@ class ReplayStateDetector:
         event = msg.payload.get("eventType")
         digest = content_digest(msg.action, msg.payload)
         if event == "Started":
-            return self._started(msg, ctx, state, tx_id, digest)
+            return self._started(msg, ctx, mem, tx_id, digest)
         reason = info.get("stoppedReason") if isinstance(info, dict) else None
-        if msg.payload.get("triggerReason") in REBOOT_TRIGGERS:
-            reason = msg.payload.get("triggerReason")
-        findings = self._stopped(msg, ctx, state, tx_id, digest, event == "Ended", reason)
-        return findings + self._seq_no(msg, state, tx_id, digest)
+        trigger = msg.payload.get("triggerReason")
+        if isinstance(trigger, str) and trigger in REBOOT_TRIGGERS:
+            reason = trigger
+        findings = self._stopped(msg, ctx, mem, tx_id, digest, event == "Ended", reason)
+        return findings + self._seq_no(msg, mem, tx_id, digest)
 
-    def _started(self, msg: OcppMessage, ctx: ChargePointContext, state: State, tx_id: str,
+    def _started(self, msg: OcppMessage, ctx: ChargePointContext, mem: Memory, tx_id: str,
                  digest: str) -> list[Finding]:
         """CW-REPLAY-005 and -006 (2.x) for a Started event; it also restarts the seqNo baseline."""
-        known = self._txs(state).get(tx_id)
+        known = mem.txs.get(tx_id)
         findings: list[Finding] = []
         if known is not None and known.start_digest != digest:
             findings.append(_reused(msg, tx_id, known, f"Started event {msg.message_id} reuses transactionId {tx_id}"))
@@ -243,21 +260,21 @@ class ReplayStateDetector:
         open_id = ctx.open_tx_by_connector.get(evse_id) if isinstance(evse_id, int) else None
         tx = ctx.transactions.get(open_id) if open_id is not None and open_id != tx_id else None
         if tx is not None:
-            findings += self._busy(msg, state, evse_id, tx.transaction_id, tx.started_ts, tx.id_tag)
-        memory = self._remember(state, tx_id, msg)
+            findings += self._busy(msg, mem, evse_id, tx.transaction_id, tx.started_ts, tx.id_tag)
+        memory = self._remember(mem, tx_id, msg)
         memory.start_digest = digest
         _set_seq(memory, msg, digest)
-        _note_seq(state, msg)
+        _note_seq(mem, msg)
         return findings
 
-    def _seq_no(self, msg: OcppMessage, state: State, tx_id: str, digest: str) -> list[Finding]:
+    def _seq_no(self, msg: OcppMessage, mem: Memory, tx_id: str, digest: str) -> list[Finding]:
         """CW-REPLAY-008: seqNo repeated with other content, decreasing, or skipping while online."""
         seq = msg.payload.get("seqNo")
         if not isinstance(seq, int) or isinstance(seq, bool):
             return []
-        memory = self._remember(state, tx_id, msg)
-        last_any = state.get("seq_last")
-        _note_seq(state, msg)
+        memory = self._remember(mem, tx_id, msg)
+        last_any = mem.seq_last
+        _note_seq(mem, msg)
         last = memory.seq_no
         if last is None:
             _set_seq(memory, msg, digest)
@@ -284,11 +301,11 @@ class ReplayStateDetector:
 
     # --- CW-REPLAY-007: stop or update of a dead transaction -----------------------------------
 
-    def _stopped(self, msg: OcppMessage, ctx: ChargePointContext, state: State, tx_id: str, digest: str,
+    def _stopped(self, msg: OcppMessage, ctx: ChargePointContext, mem: Memory, tx_id: str, digest: str,
                  stop: bool, reason: Any) -> list[Finding]:
         """A stop (or 2.x update) for a transaction already closed, or one that cannot predate us."""
         tx = ctx.transactions.get(tx_id)
-        known = self._txs(state).get(tx_id)
+        known = mem.txs.get(tx_id)
         finding = None
         if tx is not None and tx.closed_ts is not None and tx.closed_ts <= msg.ts:
             retry = (known is not None and stop and known.stop_digest == digest
@@ -301,14 +318,14 @@ class ReplayStateDetector:
                                    "started_ts": tx.started_ts, "closing_message_id": known.stop_message_id
                                    if known is not None else None, "payload": msg.payload})
         elif tx is None and known is None:
-            finding = self._unknown(msg, state, tx_id, reason)
-        memory = self._remember(state, tx_id, msg)
+            finding = self._unknown(msg, mem, tx_id, reason)
+        memory = self._remember(mem, tx_id, msg)
         if stop and (tx is None or tx.closed_ts is None):
             memory.stop_digest, memory.stop_connection = digest, msg.connection_id
             memory.stop_message_id = msg.message_id
         return [] if finding is None else [finding]
 
-    def _unknown(self, msg: OcppMessage, state: State, tx_id: str, reason: Any) -> Finding | None:
+    def _unknown(self, msg: OcppMessage, mem: Memory, tx_id: str, reason: Any) -> Finding | None:
         """A finding when the unknown transaction cannot predate the capture, else None.
 
         Proof: we saw this charge point's BootNotification accepted (not one asked for by
@@ -317,10 +334,11 @@ class ReplayStateDetector:
         message of ours mentioned the transaction since. A transaction that started after
         the boot would have shown us its start.
         """
-        boot = state.get("boot")
-        if boot is None or boot[2] or msg.payload.get("offline") is True or reason in REBOOT_STOPS | REBOOT_TRIGGERS:
+        boot = mem.boot
+        if (boot is None or boot[2] or msg.payload.get("offline") is True
+                or (isinstance(reason, str) and reason in REBOOT_STOPS | REBOOT_TRIGGERS)):
             return None
-        when = event_time(state, msg)
+        when = event_time(mem.clock, msg)
         if when is None or when < boot[0] + self.boot_grace:
             return None
         return Finding(STOPPED_TX,
@@ -330,27 +348,31 @@ class ReplayStateDetector:
                         "boot_message_id": boot[1], "event_time": round(when, 3), "payload": msg.payload})
 
 
-def _continuity(state: State, ts: float) -> None:
-    """Restart the state when capture time runs backwards (not one continuous capture)."""
-    last = state.get("last_ts")
-    if last is not None and ts < last:
-        state.clear()
+def _memory(state: State, ts: float) -> Memory:
+    """The charge point's memory, restarted when capture time runs backwards (not one continuous capture)."""
+    mem: Memory | None = state.get("memory")
+    if mem is None:
+        mem = state["memory"] = Memory()
+    last = mem.last_ts
     if last is None or ts >= last:
-        state["last_ts"] = ts
+        mem.last_ts = ts
+    elif ts < last:
+        mem = state["memory"] = Memory()  # which leaves last_ts unset until the next record
+    return mem
 
 
-def _note_boot(result: OcppMessage, request: OcppMessage, state: State) -> None:
+def _note_boot(result: OcppMessage, request: OcppMessage, mem: Memory) -> None:
     body = request.payload if isinstance(request.payload, dict) else {}
-    asked = state.get("boot_trigger_ts")
+    asked = mem.boot_trigger_ts
     triggered = body.get("reason") == "Triggered" or (asked is not None and result.ts - asked < BOOT_TRIGGER_WINDOW_S)
-    state["boot"] = (result.ts, request.message_id, triggered)
-    state.pop("boot_trigger_ts", None)
+    mem.boot = (result.ts, request.message_id, triggered)
+    mem.boot_trigger_ts = None
 
 
-def _note_seq(state: State, msg: OcppMessage) -> None:
+def _note_seq(mem: Memory, msg: OcppMessage) -> None:
     seq = msg.payload.get("seqNo")
     if isinstance(seq, int) and not isinstance(seq, bool):
-        state["seq_last"] = seq
+        mem.seq_last = seq
 
 
 def _set_seq(memory: TxMemory, msg: OcppMessage, digest: str) -> None:
@@ -365,15 +387,15 @@ def _what(msg: OcppMessage) -> str:
     return f"{msg.action} {event}" if event else str(msg.action)
 
 
-def _answered_twice(msg: OcppMessage, caller: str, first: Answer) -> Finding:
-    first_ts, first_type, first_connection, action, first_payload = first
-    answer, earlier = ANSWER_NAMES[MessageType(msg.message_type)], ANSWER_NAMES[MessageType(first_type)]
+def _answered_twice(msg: OcppMessage, caller: str, first: OcppMessage) -> Finding:
+    action, first_ts = first.action, first.ts
+    answer, earlier = ANSWER_NAMES[MessageType(msg.message_type)], ANSWER_NAMES[MessageType(first.message_type)]
     return Finding(ANSWERED_TWICE,
                    f"{msg.sender} answered {caller} {action} {msg.message_id} again, differently: a {answer} "
                    f"{msg.ts - first_ts:.3f}s after its {earlier}",
                    {"call_action": action, "caller": caller, "answer": answer, "first_answer": earlier,
                     "first_answer_ts": first_ts, "after_s": round(msg.ts - first_ts, 6),
-                    "first_connection_id": first_connection, "first_payload": first_payload,
+                    "first_connection_id": first.connection_id, "first_payload": first.payload,
                     "payload": msg.payload})
 
 

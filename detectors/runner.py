@@ -21,6 +21,8 @@ named after the key is handed to detectors but never filled (it would mix charge
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +33,7 @@ from detectors.base import Detector, Finding, State
 from detectors.context import ChargePointContext
 from detectors.rules import Rule
 
+LOG = logging.getLogger(__name__)
 Handler = tuple[str, Callable[[Any, ChargePointContext, State], list[Finding]]]
 
 
@@ -73,6 +76,7 @@ class DetectorRunner:
         self.lateness_s = lateness_s
         self.states: dict[str, KeyState] = {}
         self.processed = 0
+        self.failures: Counter[str] = Counter()  # exceptions raised by each detector (see _failed)
         # Bound handlers, looked up once and grouped by action (this loop runs for every record):
         # a detector that declares its actions is not called for any other.
         self._on_connection: list[Handler] = [(d.name, d.on_connection) for d in self.detectors]
@@ -99,14 +103,33 @@ class DetectorRunner:
         else:
             handlers = self._on_connection
         for name, handle in handlers:
-            found = handle(record, ctx, own[name])
+            try:
+                found = handle(record, ctx, own[name])
+            except Exception:  # see _failed: one hostile record must not stop the stage
+                self._failed(name, record)
+                continue
             if found:
                 findings += found
         if self.track_context:
-            state.context.apply(record)
+            try:
+                ctx.apply(record)
+            except Exception:  # as above
+                self._failed("context", record)
+        if not findings:
+            return []
         alerts = [self._collapse(state, key, f.about or record, f)
                   for f in findings if self.rules[f.rule_id].enabled]
         return alerts if emit else []
+
+    def _failed(self, name: str, record: Record) -> None:
+        """A detector raised on a record: a bug, usually on input no test foresaw. The record
+        still reaches every other detector, the failure is counted per detector
+        (``failures``) and logged with its traceback the first time, and the stage goes on:
+        stopping would blind the whole fleet's monitoring for one crafted message."""
+        self.failures[name] += 1
+        if self.failures[name] == 1:
+            LOG.exception("detector %s failed on %s (counted in failures; further ones are not logged)",
+                          name, record.source or type(record).__name__)
 
     def _collapse(self, state: KeyState, key: str, record: Record, finding: Finding) -> Alert:
         rule = self.rules[finding.rule_id]

@@ -29,7 +29,16 @@ from typing import Any, Protocol
 from chargewatch.alerts import Alert
 from chargewatch.catalog import Catalog
 from chargewatch.errors import DecodeError
-from chargewatch.model import KeyFn, MessageType, OcppMessage, Record, RoutingFn, fleet_route, record_id_tag
+from chargewatch.model import (
+    KeyFn,
+    MessageType,
+    OcppMessage,
+    Record,
+    RoutingFn,
+    client_route,
+    fleet_route,
+    record_id_tag,
+)
 from detectors.correlation import LATENESS_S, SESSION_HORIZON_S, TOKEN_ACTIONS
 from detectors.policy import Policy
 from detectors.registry import correlation_detectors, default_detectors
@@ -247,7 +256,7 @@ def build_stages(rules: dict[str, Rule], catalog: Catalog, policy: Policy, key: 
     enabled is left out (the per-charge-point stage then forwards nothing for it)."""
     local = Stage("charge_point", KeyRouter(lambda r: (key(r),)),
                   DetectorRunner(default_detectors(rules, catalog, policy), rules, key))
-    by_kind: dict[str, list[Any]] = {"id_tag": [], "fleet": []}
+    by_kind: dict[str, list[Any]] = {"id_tag": [], "fleet": [], "client_ip": []}
     for det in correlation_detectors(rules, catalog, policy):
         by_kind[getattr(det, "route", "id_tag")].append(det)
     stages = []
@@ -256,6 +265,8 @@ def build_stages(rules: dict[str, Rule], catalog: Catalog, policy: Policy, key: 
         if not runner.detectors:
             continue
         router: Router = TokenRouter()
+        if name == "client_ip":
+            router = KeyRouter(client_route)
         if name == "fleet":
             router = ActionRouter(frozenset().union(*(getattr(d, "actions", ()) for d in runner.detectors)))
         stages.append(Stage(name, router, runner))

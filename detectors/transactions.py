@@ -28,6 +28,7 @@ STOP_BELOW_START = "CW-TX-003"
 TOO_LONG = "CW-TX-004"
 UNSEEN_REMOTE_STOP = "CW-TX-005"
 MAX_SESSIONS = 16  # transactions remembered per charge point (open ones are kept first)
+TRACKER = "tracker"  # the one state entry: a TransactionTracker
 
 
 class TransactionDetector:
@@ -51,34 +52,32 @@ class TransactionDetector:
         return []
 
     def on_message(self, msg: OcppMessage, ctx: ChargePointContext, state: State) -> list[Finding]:
-        if msg.action not in TRACKED:
-            return []
-        tracker: TransactionTracker | None = state.get("tracker")
+        tracker: TransactionTracker | None = state.get(TRACKER)
         if tracker is None:
-            tracker = state["tracker"] = TransactionTracker(MAX_SESSIONS)
-        update = tracker.observe(msg)
+            tracker = state[TRACKER] = TransactionTracker(MAX_SESSIONS)
+        update = tracker.observe(msg)  # None for any action but TRACKED
         if update is None:
             return []
-        findings = self._readings(msg, update)
+        findings = self._readings(msg, update) if update.readings else []
         session = update.session
-        if update.event == "ended" and session.seen_start:
-            findings += self._stop_below_start(session) + self._unseen_remote_stop(msg, session)
         if session.seen_start:
-            findings += self._too_long(msg, session)
+            if update.event == "ended":
+                findings += self._stop_below_start(session) + self._unseen_remote_stop(msg, session)
+            if not msg.ts - session.first_ts <= self.max_duration_s:  # _too_long's own test (NaN included)
+                findings += self._too_long(msg, session)
         return findings
 
     def _readings(self, msg: OcppMessage, update: TxUpdate) -> list[Finding]:
         out: list[Finding] = []
         session = update.session
         for reading in update.readings:
-            if self._falls(reading) and not (update.event == "ended" and self._below_start(session, reading.wh)):
+            previous = reading.previous_wh  # CW-TX-002: below the baseline, and not explained by CW-TX-003
+            if (previous is not None and reading.wh < previous - self.tolerance_wh
+                    and not (update.event == "ended" and self._below_start(session, reading.wh))):
                 out.append(_backwards(session, reading, self.tolerance_wh))
             if session.seen_start and TOO_MUCH_ENERGY not in session.fired:
                 out += self._energy(msg, session, reading)
         return out
-
-    def _falls(self, reading: Reading) -> bool:
-        return reading.previous_wh is not None and reading.wh < reading.previous_wh - self.tolerance_wh
 
     def _below_start(self, session: Session, wh: float | None) -> bool:
         start = session.meter_start_wh

@@ -7,17 +7,18 @@ This is the entry point, and the only place environment variables are read
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from chargewatch.cli import analyze, collect, detect, index, pseudonym, setup
+from chargewatch.cli import analyze, collect, detect, index, proxy, pseudonym, setup, status
 from chargewatch.config import load_config
 from chargewatch.errors import ChargewatchError
 
-COMMANDS = (analyze, collect, detect, index, setup, pseudonym)
+COMMANDS = (analyze, collect, detect, index, setup, pseudonym, status, proxy)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,9 +32,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Young-generation size of the cyclic garbage collector. Decoding and detection allocate a few
+# dozen short-lived objects per message, almost none in reference cycles; with Python's default
+# (700) a collection runs every ~20 messages and walks the young objects each time. Larger
+# batches cut the collector's share of the run by about a tenth; memory stays bounded.
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Collect cycles in larger batches, and move what start-up loaded (modules, rules, the
+    action catalog) out of the collector's sight: it lives as long as the process."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    tune_gc()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     env_config = os.environ.get("CHARGEWATCH_CONFIG")

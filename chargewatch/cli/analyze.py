@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import TextIO
 
 from chargewatch.alerts import SEVERITY_NAMES, iso_time
-from chargewatch.config import Config
+from chargewatch.config import Config, with_overrides
 from chargewatch.embedded import AnalysisResult, analyze
 from chargewatch.store.sqlite import SqliteAlertStore
+from collectors.logformats import FORMATS as LOG_FORMATS
 
 PARALLEL_MIN_BYTES = 4 << 20  # below this, starting workers costs more than it saves
 
@@ -22,7 +23,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser("analyze", help="analyze captures in-process (no Kafka/Elasticsearch)",
                        description="Decode pcap/pcapng captures, run every detector and report alerts. "
                                    "Exit status 0 when every file was read, 1 when a file was unreadable.")
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="pcap or pcapng file")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="pcap or pcapng file, or OCPP log")
+    p.add_argument("--input-format", choices=("auto", "pcap", *LOG_FORMATS), default=None,
+                   help="what the inputs are (default: [collector] input_format, auto: pcap/pcapng by their "
+                        "magic bytes, else an OCPP log whose format is recognised line by line)")
     p.add_argument("--format", choices=("table", "jsonl"), default="table",
                    help="table: summary and alert table; jsonl: one alert document per line")
     p.add_argument("--out", type=Path, help="write alerts here instead of stdout")
@@ -37,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
+    if args.input_format is not None:
+        config = with_overrides(config, collector={"input_format": args.input_format})
     started = time.perf_counter()
     result = _analyze_with_progress(args, config)
     seconds = time.perf_counter() - started

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from chargewatch.catalog import load_catalog
+from chargewatch.cli import collect_logs
+from chargewatch.cli.collect_live import add_live_parser
 from chargewatch.config import Config, resolve_redaction_key
 from chargewatch.errors import CaptureError
 from chargewatch.kafkaio import DurableProducer, KafkaRecordSink, ensure_topics, make_producer
@@ -27,6 +29,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     pcap.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     pcap.add_argument("--stats-json", type=Path, help="write counters here as JSON")
     pcap.set_defaults(run=run_pcap)
+    add_live_parser(kinds)
+    collect_logs.add_parser(kinds)
 
 
 def run_pcap(args: argparse.Namespace, config: Config) -> int:
