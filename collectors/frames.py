@@ -75,6 +75,16 @@ class MessageBuilder:
         self.version = version
         self._actions = self.ctx.catalog.actions.get(version) if version is not None else None
 
+    def pending_calls(self) -> list[tuple[bool, str, str]]:
+        """The unanswered CALLs (sent by the client?, message id, action): all a collector that
+        restarts mid-connection must save to pair the answers that come after the restart."""
+        return [(from_client, mid, action) for (from_client, mid), action in self._pending.items()]
+
+    def restore_pending(self, calls: list[tuple[bool, str, str]]) -> None:
+        """Unanswered CALLs saved by :meth:`pending_calls` before a restart."""
+        for from_client, mid, action in calls:
+            self._pending[(from_client, mid)] = action
+
     def message(self, from_client: bool, data: bytes, ts: float, source: str, frame_size: int,
                 transport_flags: Sequence[str] = (), ttl: int | None = None) -> None:
         """One WebSocket text message (data: its bytes) into the sink, as a record or a dead letter.

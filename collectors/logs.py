@@ -164,8 +164,7 @@ class LogDecoder:
         """What a restart needs to continue every connection: id, version, endpoints, unanswered CALLs."""
         return [{"cp": cp, "key": key, "connection_id": b.connection, "version": b.version,
                  "client": list(b.client), "server": list(b.server),
-                 # MessageBuilder keeps its unanswered CALLs private; they are its whole restartable state.
-                 "pending": [[sent_by_client, mid, action] for (sent_by_client, mid), action in b._pending.items()]}
+                 "pending": [list(call) for call in b.pending_calls()]}
                 for (cp, key), b in self.builders.items()]
 
     def restore(self, saved: list[dict[str, Any]]) -> None:
@@ -173,7 +172,7 @@ class LogDecoder:
             client, server = item["client"], item["server"]
             builder = self._new_builder(item["cp"], item["key"], item["connection_id"], item["version"],
                                         (client[0], client[1]), (server[0], server[1]))
-            builder._pending.update({(bool(c), str(m)): str(a) for c, m, a in item["pending"]})
+            builder.restore_pending([(bool(c), str(m), str(a)) for c, m, a in item["pending"]])
 
 
 def split_lines(buf: bytearray, base: int, decoder: LogDecoder, max_line: int) -> tuple[int, bool]:
