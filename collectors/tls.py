@@ -45,7 +45,7 @@ def is_grease(value: int) -> bool:
 
 
 def version_name(value: int) -> str:
-    """``TLSv1.2`` style name (Python's ssl.SSLSocket.version() spelling); ``0xXXXX`` if unknown."""
+    """``TLSv1.2`` style name (as ssl.SSLSocket.version() spells it); the id in hex (e.g. ``0x0A0A``) if unknown."""
     return VERSIONS.get(value, f"0x{value:04X}")
 
 

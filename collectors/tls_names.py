@@ -3,7 +3,7 @@
 Generated once from ``openssl ciphers -V -stdname 'ALL:COMPLEMENTOFALL:@SECLEVEL=0'`` (OpenSSL
 3.0.19): every suite that OpenSSL knows. Captures name a suite by its two-byte id; the Python
 ``ssl`` module and TLS-terminating collectors name it the OpenSSL way; policies and the OCPP
-specifications use the IANA name. Ids missing here are shown as ``0xXXXX``.
+specifications use the IANA name. Ids missing here are shown as four hex digits, e.g. ``0x00ff``.
 """
 
 from __future__ import annotations
@@ -177,13 +177,13 @@ SUITE_IDS: dict[str, int] = {name.upper(): sid for sid, names in SUITES.items() 
 
 
 def suite_name(suite: int) -> str:
-    """The IANA name of a suite id, ``0xXXXX`` when unknown."""
+    """The IANA name of a suite id, its hex form (e.g. ``0x00ff``) when unknown."""
     names = SUITES.get(suite)
     return names[0] if names else f"0x{suite:04X}"
 
 
 def suite_id(name: str) -> int | None:
-    """The id of a suite named the IANA or the OpenSSL way (or ``0xXXXX``); None when unknown."""
+    """The id of a suite named the IANA or the OpenSSL way (or its hex form, e.g. ``0x00ff``); None when unknown."""
     upper = name.strip().upper()
     if upper.startswith("0X"):
         try:

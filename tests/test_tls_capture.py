@@ -178,7 +178,7 @@ def _record(path: Path, pki: Pki, tls: Tls) -> Negotiated:
 
 
 def _suite_id(openssl_name: str) -> str:
-    """The IANA id (0xXXXX) of a suite named the OpenSSL way, from the local OpenSSL itself."""
+    """The IANA id (four hex digits, e.g. 0x1301) of a suite named the OpenSSL way, from the local OpenSSL itself."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.set_ciphers("ALL:@SECLEVEL=0")
     for suite in ctx.get_ciphers():
