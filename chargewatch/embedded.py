@@ -57,6 +57,37 @@ class _RunnerSink:
         self.result.dead_letters.append(letter)
 
 
+#: Records decoded before the detectors run on them. Decoding a batch and then detecting over it
+#: is faster than alternating record by record (each side keeps its own code and state warm
+#: in the CPU caches): on the benchmark capture, 2 processes, 1.34-1.43 s without batches and
+#: 1.09-1.19 s with 5,000 or more (``bench/bench_analyze.py``). Memory: one batch of records
+#: (about 1 KB each).
+BATCH_RECORDS = 8192
+
+
+class _Batch:
+    """Holds records for the sink until ``BATCH_RECORDS`` are there or the input ends, then
+    hands them on in order. Dead letters go straight through."""
+
+    def __init__(self, sink: _Sink, size: int) -> None:
+        self.sink, self.size = sink, size
+        self.records: list[Record] = []
+
+    def record(self, record: Record) -> None:
+        self.records.append(record)
+        if len(self.records) >= self.size:
+            self.flush()
+
+    def dead_letter(self, letter: DeadLetter) -> None:
+        self.sink.dead_letter(letter)
+
+    def flush(self) -> None:
+        records, self.records = self.records, []
+        handle = self.sink.record
+        for record in records:
+            handle(record)
+
+
 def load_stages(config: Config) -> Stages:
     """Every detector stage (per charge point, then correlation) with the rules and the policy."""
     policy_path = Path(config.detector.policy_file).expanduser() if config.detector.policy_file else None
@@ -89,16 +120,19 @@ def read_all(paths: list[Path], config: Config, sink: _Sink, result: AnalysisRes
     from collectors.logs import is_log_file, read_log  # on first use: captures are the common case
 
     redactor = Redactor(resolve_redaction_key(config.redaction), enabled=config.redaction.enabled)
+    batch = _Batch(sink, BATCH_RECORDS)
     for path in paths:
         try:
             if is_log_file(path, config.collector.input_format):  # not a pcap/pcapng: an OCPP log
-                stats = read_log(path, sink, redactor, load_catalog(), config.collector, progress, share)
+                stats = read_log(path, batch, redactor, load_catalog(), config.collector, progress, share)
             else:
-                stats = read_capture(path, sink, redactor, load_catalog(), config.collector.max_message_bytes,
+                stats = read_capture(path, batch, redactor, load_catalog(), config.collector.max_message_bytes,
                                      progress, share)
         except CaptureError as exc:
             if share[0] == 0:
                 result.unreadable.append(str(exc))
                 result.stats.error("unreadable_file")
             continue
+        finally:  # what was decoded before an error is detected on too; the next file starts clean
+            batch.flush()
         result.stats.merge(stats)

@@ -8,28 +8,47 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from chargewatch.cli import analyze, collect, detect, index, proxy, pseudonym, setup, status
 from chargewatch.config import load_config
 from chargewatch.errors import ChargewatchError
 
-COMMANDS = (analyze, collect, detect, index, setup, pseudonym, status, proxy)
+#: Subcommand name -> the module that defines it (``add_parser(sub)``, ``run(args, config)``).
+COMMANDS = {name: f"chargewatch.cli.{name}" for name in
+            ("analyze", "collect", "detect", "index", "setup", "pseudonym", "status", "proxy")}
+_VALUED_OPTIONS = ("--config",)  # global options that take a value (to find the subcommand in argv)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or with ``only`` just that subcommand: a command then imports only its own
+    module (the proxy's asyncio, the Kafka client, ... stay unloaded for ``analyze``)."""
     parser = argparse.ArgumentParser(prog="chargewatch", description="OCPP security monitoring pipeline.")
     parser.add_argument("--config", type=Path, default=None,
                         help="TOML configuration file (default: $CHARGEWATCH_CONFIG, else built-in defaults)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in COMMANDS:
-        module.add_parser(sub)
+    for name, module in COMMANDS.items():
+        if only is None or name == only:
+            importlib.import_module(module).add_parser(sub)
     return parser
+
+
+def subcommand(argv: Sequence[str]) -> str | None:
+    """The subcommand named in argv, None when there is none we know (help, typos: full parser)."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _VALUED_OPTIONS:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
 
 
 # Young-generation size of the cyclic garbage collector. Decoding and detection allocate a few
@@ -50,7 +69,8 @@ def tune_gc() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(subcommand(argv)).parse_args(argv)
     tune_gc()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
