@@ -409,7 +409,10 @@ def run_tshark(tshark: str, path: str) -> tuple[float, list[bytes]]:
 
 def analyze_command() -> list[str] | None:
     """The chargewatch analyze command, or None when it is not available yet."""
-    exe = shutil.which("chargewatch")
+    # The console script installed beside this interpreter, not the first one on PATH: version
+    # managers (pyenv) put a shell shim there that adds ~80 ms of their own to every run.
+    beside = Path(sys.executable).with_name("chargewatch")
+    exe = str(beside) if beside.is_file() else shutil.which("chargewatch")
     base = [exe] if exe else [sys.executable, "-m", "chargewatch.cli"]
     try:
         probe = subprocess.run(

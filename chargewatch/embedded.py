@@ -69,8 +69,8 @@ class _Batch:
     """Holds records for the sink until ``BATCH_RECORDS`` are there or the input ends, then
     hands them on in order. Dead letters go straight through."""
 
-    def __init__(self, sink: _Sink, size: int) -> None:
-        self.sink, self.size = sink, size
+    def __init__(self, sink: _Sink, size: int, after: Callable[[], None] | None = None) -> None:
+        self.sink, self.size, self.after = sink, size, after
         self.records: list[Record] = []
 
     def record(self, record: Record) -> None:
@@ -86,6 +86,8 @@ class _Batch:
         handle = self.sink.record
         for record in records:
             handle(record)
+        if self.after is not None:
+            self.after()
 
 
 def load_stages(config: Config) -> Stages:
@@ -115,12 +117,14 @@ def analyze(paths: Iterable[Path], config: Config, progress: Callable[[int], Non
 
 
 def read_all(paths: list[Path], config: Config, sink: _Sink, result: AnalysisResult,
-             progress: Callable[[int], None] | None = None, share: tuple[int, int] = (0, 1)) -> None:
-    """Decode paths into sink, counting into result (a share of the charge points when parallel)."""
+             progress: Callable[[int], None] | None = None, share: tuple[int, int] = (0, 1),
+             after_batch: Callable[[], None] | None = None) -> None:
+    """Decode paths into sink, counting into result (a share of the charge points when parallel);
+    after_batch runs each time the sink has been handed a batch of records."""
     from collectors.logs import is_log_file, read_log  # on first use: captures are the common case
 
     redactor = Redactor(resolve_redaction_key(config.redaction), enabled=config.redaction.enabled)
-    batch = _Batch(sink, BATCH_RECORDS)
+    batch = _Batch(sink, BATCH_RECORDS, after_batch)
     for path in paths:
         try:
             if is_log_file(path, config.collector.input_format):  # not a pcap/pcapng: an OCPP log
