@@ -26,6 +26,9 @@ class Direction(StrEnum):
         return "cp" if self is Direction.CP_TO_CSMS else "csms"
 
 
+_CP_TO_CSMS = Direction.CP_TO_CSMS  # a module global: faster than the enum attribute on the hot path
+
+
 class MessageType(IntEnum):
     """OCPP-J message type ids (5 and 6 exist only in OCPP 2.1)."""
 
@@ -91,7 +94,7 @@ class OcppMessage:
     @property
     def sender(self) -> str:
         """"cp" or "csms" (read by most detectors for every record: one comparison, no enum call)."""
-        return "cp" if self.direction is Direction.CP_TO_CSMS else "csms"
+        return "cp" if self.direction is _CP_TO_CSMS else "csms"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

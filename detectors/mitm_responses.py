@@ -32,8 +32,9 @@ SLOW_ROUND_TRIP = "CW-MITM-007"
 # could not decode either (a dead letter), so its id cannot be matched and proves nothing.
 UNPARSED_FRAME_ERRORS = frozenset({"FormationViolation", "FormatViolation", "ProtocolError", "RpcFrameworkError",
                                    "MessageTypeNotSupported"})
-CALL, CALLRESULT = int(MessageType.CALL), int(MessageType.CALLRESULT)
-ANSWERS = frozenset({int(MessageType.CALLRESULT), int(MessageType.CALLERROR)})
+# Plain values for hot-path comparisons (an enum attribute lookup costs ~0.1 µs each time).
+CALL, CALLRESULT, CALLERROR = int(MessageType.CALL), int(MessageType.CALLRESULT), int(MessageType.CALLERROR)
+ANSWERS = frozenset({CALLRESULT, CALLERROR})
 CP_TO_CSMS = Direction.CP_TO_CSMS
 _UNKNOWN: Any = object()  # not looked up yet (None: no schema)
 MAD_TO_SIGMA = 1.4826  # scales the median absolute deviation to a normal standard deviation
@@ -164,10 +165,10 @@ class MitmResponseDetector:
             return []  # answered before: a repeated answer, not one to an unknown CALL
         payload = msg.payload if isinstance(msg.payload, dict) else {}
         code = payload.get("errorCode")
-        if msg.message_type == MessageType.CALLERROR and isinstance(code, str) and code in UNPARSED_FRAME_ERRORS:
+        if msg.message_type == CALLERROR and isinstance(code, str) and code in UNPARSED_FRAME_ERRORS:
             return []
         caller = "central system" if msg.sender == "cp" else "charge point"
-        kind = "CALLRESULT" if msg.message_type == MessageType.CALLRESULT else "CALLERROR"
+        kind = "CALLRESULT" if msg.message_type == CALLRESULT else "CALLERROR"
         return [Finding(
             UNEXPECTED_RESPONSE,
             f"{msg.sender} sent a {kind} for message id {msg.message_id}, which the {caller} never sent as a "

@@ -130,7 +130,7 @@ class SessionDetector:
         request = ctx.request_for(msg)
         if request is None or not isinstance(msg.payload, dict) or not isinstance(request.payload, dict):
             return
-        if (msg.action == "BootNotification") != (msg.direction is Direction.CSMS_TO_CP):
+        if (msg.action == "BootNotification") != (msg.direction is CSMS_TO_CP):
             return  # boots are answered by the central system, configuration requests by the station
         if msg.action == "BootNotification":
             status, interval = msg.payload.get("status"), _seconds(msg.payload.get("interval"))
