@@ -1,5 +1,15 @@
-"""One definition of the alert document's fields (ECS names plus the ``ocpp.*`` group);
-the Elasticsearch index template is generated from it."""
+"""One definition of every document Chargewatch indexes (ECS names plus the ``ocpp.*`` and
+``chargewatch.*`` groups): alerts, the OCPP message archive and the asset inventory. The
+Elasticsearch index templates (``dashboards/elasticsearch/*.json``), the Kibana objects and
+the built-in dashboard all use these names; a test fails when the committed templates drift
+from this module.
+
+Field names follow ECS 8.x where ECS has one (``@timestamp``, ``event.*``, ``rule.*``,
+``threat.*``, ``source.*``, ``destination.*``, ``tls.*``, ``device.*``, ``related.*``);
+OCPP-specific fields live under ``ocpp.*`` and Chargewatch's own under ``chargewatch.*``.
+Payloads are stored (already redacted by the collector) but not indexed: their shape varies
+by action and version, and indexing them would explode the mapping; the few payload values
+responders search by are extracted into keyword fields."""
 
 from __future__ import annotations
 
@@ -40,11 +50,89 @@ ALERT_FIELDS: dict[str, dict[str, Any]] = {
     "chargewatch.severity_name": {"type": "keyword"},
     "chargewatch.occurrences": {"type": "long"},
     "chargewatch.latest": {"type": "object", "enabled": False},
+    "chargewatch.site": {"type": "keyword"},  # the charge point's site (operator policy), for filters
     # Set by people (CLI/dashboard), never by the pipeline: the indexer carries it over.
     "triage.status": {"type": "keyword"},
     "triage.note": {"type": "text"},
     "triage.updated_by": {"type": "keyword"},
     "triage.updated_at": {"type": "date"},
+}
+
+
+# One record (OCPP message or connection event) as the detectors saw it; ``_id`` is the
+# record's identity (chargewatch.resume), so redelivery overwrites instead of duplicating.
+MESSAGE_FIELDS: dict[str, dict[str, Any]] = {
+    "@timestamp": {"type": "date"},
+    "event.kind": {"type": "keyword"},  # "event"
+    "event.id": {"type": "keyword"},
+    "event.module": {"type": "keyword"},  # "chargewatch"
+    "event.dataset": {"type": "keyword"},  # "chargewatch.ocpp" (messages) or "chargewatch.connection"
+    "event.action": {"type": "keyword"},  # OCPP action, or the connection event kind (upgrade, closed, tls, arp)
+    "event.reference": {"type": "keyword"},  # source reference: file#frame, file#offset, proxy:NAME#N
+    "ocpp.charge_point_id": {"type": "keyword"},
+    "ocpp.message_id": {"type": "keyword"},
+    "ocpp.action": {"type": "keyword"},
+    "ocpp.version": {"type": "keyword"},
+    "ocpp.direction": {"type": "keyword"},  # cp->csms, csms->cp
+    "ocpp.sender": {"type": "keyword"},  # cp, csms
+    "ocpp.message_type": {"type": "long"},  # 2 CALL, 3 CALLRESULT, 4 CALLERROR, 5, 6 (2.1)
+    "ocpp.message_type_name": {"type": "keyword"},  # CALL, CALLRESULT, CALLERROR, CALLRESULTERROR, SEND
+    "ocpp.connection_id": {"type": "keyword"},
+    "ocpp.frame_size": {"type": "long"},
+    "ocpp.flags": {"type": "keyword"},
+    "ocpp.transaction_id": {"type": "keyword"},  # extracted from the payload when present
+    "ocpp.connector_id": {"type": "long"},  # 1.6 connectorId / 2.x evse.id
+    "ocpp.id_token": {"type": "keyword"},  # the pseudonym (pt_...), never the clear idTag
+    "ocpp.error_code": {"type": "keyword"},  # CALLERROR errorCode
+    "ocpp.payload": {"type": "object", "enabled": False},  # redacted payload, stored not indexed
+    "ocpp.subprotocol": {"type": "keyword"},  # connection events
+    "ocpp.auth_scheme": {"type": "keyword"},
+    "ocpp.auth_username": {"type": "keyword"},
+    "ocpp.http_status": {"type": "long"},
+    "tls.version": {"type": "keyword"},
+    "tls.cipher": {"type": "keyword"},
+    "tls.client.server_name": {"type": "keyword"},
+    "tls.client.ja3": {"type": "keyword"},
+    "tls.client.ja4": {"type": "keyword"},
+    "tls.server.ja3s": {"type": "keyword"},
+    "tls.server.hash.sha256": {"type": "keyword"},
+    "source.ip": {"type": "ip"},
+    "source.port": {"type": "long"},
+    "source.mac": {"type": "keyword"},
+    "destination.ip": {"type": "ip"},
+    "destination.port": {"type": "long"},
+    "network.ttl": {"type": "long"},  # IP TTL / hop limit of the packet that completed the frame
+    "chargewatch.connection": {"type": "object", "enabled": False},  # the whole connection event
+}
+
+# One document per charge point, ``_id`` = charge point id, updated in place as records arrive.
+ASSET_FIELDS: dict[str, dict[str, Any]] = {
+    "@timestamp": {"type": "date"},  # last seen
+    "event.kind": {"type": "keyword"},  # "asset"
+    "ocpp.charge_point_id": {"type": "keyword"},
+    "ocpp.version": {"type": "keyword"},  # negotiated on the latest connection
+    "ocpp.firmware_version": {"type": "keyword"},
+    "ocpp.security_profile": {"type": "long"},  # 0-3 as observed (plain/Basic/TLS/mTLS)
+    "ocpp.auth_scheme": {"type": "keyword"},
+    "ocpp.boot_status": {"type": "keyword"},  # last BootNotification answer
+    "device.id": {"type": "keyword"},  # = charge point id
+    "device.manufacturer": {"type": "keyword"},  # chargePointVendor / chargingStation.vendorName
+    "device.model.name": {"type": "keyword"},
+    "device.serial_number": {"type": "keyword"},
+    "tls.version": {"type": "keyword"},
+    "tls.cipher": {"type": "keyword"},
+    "tls.client.ja4": {"type": "keyword"},
+    "related.ip": {"type": "ip"},  # every address the charge point connected from (bounded)
+    "source.ip": {"type": "ip"},  # latest address
+    "chargewatch.site": {"type": "keyword"},  # from the operator policy
+    "chargewatch.first_seen": {"type": "date"},
+    "chargewatch.last_seen": {"type": "date"},
+    "chargewatch.connections": {"type": "long"},
+    "chargewatch.messages": {"type": "long"},
+    "chargewatch.alerts.open": {"type": "long"},  # alerts not closed by triage
+    "chargewatch.alerts.total": {"type": "long"},
+    "chargewatch.alerts.max_severity": {"type": "long"},
+    "chargewatch.alerts.last": {"type": "date"},
 }
 
 
