@@ -84,6 +84,7 @@ MESSAGE_FIELDS: dict[str, dict[str, Any]] = {
     "ocpp.connector_id": {"type": "long"},  # 1.6 connectorId / 2.x evse.id
     "ocpp.id_token": {"type": "keyword"},  # the pseudonym (pt_...), never the clear idTag
     "ocpp.error_code": {"type": "keyword"},  # CALLERROR errorCode
+    "ocpp.status": {"type": "keyword"},  # a CALLRESULT's payload status (Accepted, Rejected, ...): the outcome
     "ocpp.payload": {"type": "object", "enabled": False},  # redacted payload, stored not indexed
     "ocpp.subprotocol": {"type": "keyword"},  # connection events
     "ocpp.auth_scheme": {"type": "keyword"},
@@ -133,6 +134,42 @@ ASSET_FIELDS: dict[str, dict[str, Any]] = {
     "chargewatch.alerts.total": {"type": "long"},
     "chargewatch.alerts.max_severity": {"type": "long"},
     "chargewatch.alerts.last": {"type": "date"},
+}
+
+
+# One charging session (transaction) per document, ``_id`` = charge point id + transaction id:
+# the features the anomaly models score (issue "transaction anomaly models") and their score.
+TRANSACTION_FIELDS: dict[str, dict[str, Any]] = {
+    "@timestamp": {"type": "date"},  # session start
+    "event.kind": {"type": "keyword"},  # "event"
+    "event.start": {"type": "date"},
+    "event.end": {"type": "date"},
+    "event.duration": {"type": "long"},  # nanoseconds (ECS)
+    "ocpp.charge_point_id": {"type": "keyword"},
+    "ocpp.transaction_id": {"type": "keyword"},
+    "ocpp.connector_id": {"type": "long"},
+    "ocpp.version": {"type": "keyword"},
+    "ocpp.id_token": {"type": "keyword"},  # pseudonym
+    "ocpp.stop_reason": {"type": "keyword"},
+    "ocpp.remote_start": {"type": "boolean"},
+    "chargewatch.site": {"type": "keyword"},
+    "chargewatch.session.energy_wh": {"type": "float"},
+    "chargewatch.session.duration_s": {"type": "float"},
+    "chargewatch.session.avg_power_w": {"type": "float"},
+    "chargewatch.session.peak_power_w": {"type": "float"},
+    "chargewatch.session.power_ratio": {"type": "float"},  # peak power / connector rating
+    "chargewatch.session.idle_s": {"type": "float"},  # connected after charging stopped
+    "chargewatch.session.start_hour": {"type": "long"},
+    "chargewatch.session.weekday": {"type": "long"},
+    "chargewatch.session.meter_samples": {"type": "long"},
+    "chargewatch.session.max_sample_gap_s": {"type": "float"},
+    "chargewatch.session.token_sessions_24h": {"type": "long"},
+    "chargewatch.session.token_charge_points_24h": {"type": "long"},
+    "chargewatch.anomaly.score": {"type": "float"},  # higher = more anomalous
+    "chargewatch.anomaly.threshold": {"type": "float"},
+    "chargewatch.anomaly.is_anomaly": {"type": "boolean"},
+    "chargewatch.anomaly.model": {"type": "keyword"},  # model name and version that scored it
+    "chargewatch.anomaly.top_features": {"type": "keyword"},
 }
 
 
