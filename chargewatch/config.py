@@ -82,6 +82,14 @@ class CollectorConfig:
     live_queue_bytes: int = 268_435_456
     live_socket_buffer_bytes: int = 33_554_432
     live_flush_interval_s: float = 1.0
+    # Live capture's durable spool between decoding and Kafka (chargewatch.spool; empty dir:
+    # <status_dir>/../spool/live-<status name>): its bound (beyond it a record is dropped and counted
+    # as spool_full), its fsync interval (what a machine crash can lose; 0: every record), and how
+    # long its publisher may take at stop to empty it (what is left is published by the next run).
+    live_spool_dir: str = ""
+    live_spool_max_bytes: int = 1_073_741_824
+    live_fsync_interval_s: float = 1.0
+    live_drain_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -119,12 +127,15 @@ class ProxyConfig:
     upstream_client_key: str = ""
     # Counters go to [collector] status_dir/<status_name>.json.
     status_name: str = "proxy"
-    # Mirror queue between the relay and the Kafka thread: beyond either bound a record is
-    # dropped and counted (queue_full); the relay never waits for Kafka.
-    queue_records: int = 10_000
-    queue_bytes: int = 67_108_864
-    # Longest a Kafka call (connect, metadata) may block the mirror thread; on stop, how long
-    # queued records may take to reach Kafka before the rest is counted as dropped.
+    # Durable spool between the relay and Kafka (chargewatch.spool; empty dir:
+    # <status_dir>/../spool/<status_name>): its bound (beyond it a record is dropped and counted as
+    # spool_full; the relay never waits for Kafka), and its fsync interval (what a machine crash
+    # can lose; 0: every record, which makes the relay wait for the disk).
+    spool_dir: str = ""
+    spool_max_bytes: int = 1_073_741_824
+    fsync_interval_s: float = 1.0
+    # Longest a Kafka call (connect, metadata) may block the publisher process; on stop, how long
+    # it may take to publish what is spooled (the rest stays spooled for the next start).
     kafka_block_ms: int = 5_000
     drain_timeout_s: float = 10.0
     # Upstream connect + handshake timeout; keepalive pings on each hop (0: off); largest relayed message.

@@ -9,8 +9,9 @@ Two threads with a bounded queue between them:
   ``PACKET_STATISTICS`` and counted too (``kernel``). Nothing is lost silently.
 * the **decoder** takes the frames in order, writes them to the optional evidence pcap
   (:mod:`collectors.pcapwriter`), and hands them to :class:`collectors.streams.PacketProcessor`,
-  the very code path of ``collect pcap`` and ``analyze``. It flushes the output periodically and
-  once more at the end.
+  the very code path of ``collect pcap`` and ``analyze``, whose records go to the output (for
+  Kafka: the durable spool of :mod:`chargewatch.spool_output`). It flushes the output
+  periodically and once more at the end.
 
 Frames are never dissected with scapy: that costs ~100 µs a packet, the packet socket read
 ~4 µs. On a loopback interface the kernel shows a packet socket every packet twice, once going
@@ -132,8 +133,9 @@ class PacketSocket:
 class LiveCollector:
     """Sniffer thread -> bounded queue -> decoding thread, with counters for ``chargewatch status``.
 
-    ``flush`` makes the decoded output durable (Kafka flush, file flush); it is called from the
-    decoding thread every ``flush_interval_s`` and at the end. :meth:`stop` only sets a flag
+    ``flush`` pushes the decoded output on (the embedded output's files; records for Kafka are
+    durable once spooled); it is called from the decoding thread every ``flush_interval_s`` and
+    at the end, with the evidence pcap's flush. :meth:`stop` only sets a flag
     (safe from a signal handler); :meth:`close` joins the threads, flushes everything and
     raises what a thread failed with.
     """

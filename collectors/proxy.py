@@ -12,7 +12,8 @@ central system, so the proxy sits in front of it. For each charge point it:
    the close code and reason the other side sent;
 3. mirrors every message and the connection events (client address, path, subprotocols, auth
    scheme and username — never the password — and the TLS metadata) through
-   :class:`collectors.proxy_mirror.Mirror`, which never makes the relay wait.
+   :class:`collectors.proxy_mirror.Mirror` into a durable spool, before the message is forwarded;
+   a separate publisher process takes them to Kafka, so Kafka never makes the relay wait.
 """
 
 from __future__ import annotations
@@ -225,13 +226,14 @@ class OcppProxy:
         """Counters for chargewatch.status.StatusWriter."""
         relay, mirror = self.counters, self.mirror.counters()
         return {"frames": relay.frames, "messages": mirror["messages"], "bytes": relay.bytes,
-                "errors": sum(mirror["errors"].values()) + relay.relay_errors, "drops": mirror["drops"],
+                "errors": sum(mirror["errors"].values()) + relay.relay_errors, "drops": sum(mirror["drops"].values()),
                 "details": {"connections_open": relay.connections_open, "connections_total": relay.connections_total,
                             "upstream_failures": relay.upstream_failures,
                             "upstream_refusals": relay.upstream_refusals, "relay_errors": relay.relay_errors,
-                            "drops": mirror["drops_by_reason"], "drops_by_kind": mirror["drops_by_kind"],
-                            "queue_depth": mirror["queue_depth"], "queue_bytes": mirror["queue_bytes"],
-                            "delivered": mirror["delivered"], "kafka_connected": mirror["kafka_connected"],
+                            "drops": mirror["drops"], "drops_by_kind": mirror["drops_by_kind"],
+                            "spool": mirror["spool"], "delivered": mirror["delivered"],
+                            "redelivered_skipped": mirror["redelivered_skipped"],
+                            "kafka_connected": mirror["kafka_connected"], "publisher": mirror["publisher"],
                             "decode_errors": mirror["errors"], "upstream": self.upstream}}
 
 

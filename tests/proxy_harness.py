@@ -14,9 +14,16 @@ import contextlib
 import datetime
 import functools
 import ipaddress
+import json
+import queue
 import ssl
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +37,13 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
 from chargewatch.cli.proxy import build
-from chargewatch.config import Config, with_overrides
+from chargewatch.config import Config, to_toml, with_overrides
+from chargewatch.spool import SpoolReader
 from collectors.proxy import OcppProxy
 from tests import peers
 from tests.peers import SentFrame
+
+PROCESS_TIMEOUT_S = 180.0  # generous: the machine is shared and may be slow
 
 
 @dataclass
@@ -142,11 +152,16 @@ async def central_system(log: list[SentFrame], ssl_context: ssl.SSLContext | Non
 
 
 @contextlib.asynccontextmanager
-async def running_proxy(config: Config, **proxy: object) -> AsyncIterator[tuple[OcppProxy, int]]:
-    """The proxy of config (with [proxy] overrides) listening on a free port; its mirror is closed
-    (queue drained to Kafka, or counted as dropped) on exit."""
+async def running_proxy(config: Config, publisher_kill_at: str | None = None,
+                        **proxy: object) -> AsyncIterator[tuple[OcppProxy, int]]:
+    """The proxy of config (with [proxy] overrides) listening on a free port, with a spool of its
+    own under the status directory unless [proxy] spool_dir names one; on exit the spool is
+    closed and its publisher process drains it into Kafka (what it cannot publish stays spooled)."""
     config = with_overrides(config, proxy={"listen": "127.0.0.1:0"} | proxy)
-    instance = build(config)
+    if not config.proxy.spool_dir:
+        spool = Path(config.collector.status_dir).expanduser() / f"spool-{uuid.uuid4().hex[:8]}"
+        config = with_overrides(config, proxy={"spool_dir": str(spool)})
+    instance = build(config, publisher_kill_at)
     instance.mirror.start()
     try:
         port = await instance.start()
@@ -155,7 +170,7 @@ async def running_proxy(config: Config, **proxy: object) -> AsyncIterator[tuple[
         finally:
             await instance.stop()
     finally:
-        await asyncio.to_thread(instance.mirror.close, config.proxy.drain_timeout_s)
+        await asyncio.to_thread(instance.mirror.close)
 
 
 async def run_scenarios(base_url: str, central: peers._Central, log: list[SentFrame],
@@ -166,6 +181,73 @@ async def run_scenarios(base_url: str, central: peers._Central, log: list[SentFr
     for name in scenarios:
         await peers.SCENARIOS[name](ctx)
     return time.perf_counter() - started
+
+
+class ProxyProcess:
+    """``chargewatch proxy`` as a real process (a test can SIGKILL it), listening on a free port."""
+
+    def __init__(self, config: Config, directory: Path, upstream: str, *extra: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "proxy.toml"
+        path.write_text(to_toml(config))
+        self.proc = subprocess.Popen([sys.executable, "-m", "chargewatch.cli", "--config", str(path), "proxy",
+                                      "--listen", "127.0.0.1:0", "--upstream", upstream, *extra],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.stderr: list[str] = []
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        self.port = self._wait_listening()
+
+    def _drain_stderr(self) -> None:
+        """Keep reading stderr (the proxy's and its publisher's) so that neither blocks on a full pipe."""
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+            self.lines.put(line)
+
+    def _wait_listening(self) -> int:
+        deadline = time.monotonic() + PROCESS_TIMEOUT_S
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if "proxy listening on " in line:
+                return int(line.split("proxy listening on ", 1)[1].split(",", 1)[0].rpartition(":")[2])
+        self.kill()
+        pytest.fail(f"chargewatch proxy did not start: {''.join(self.stderr)}")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(PROCESS_TIMEOUT_S)
+
+    def stop(self) -> int:
+        """SIGTERM (a clean stop: the spool's publisher drains it first); the exit status."""
+        self.proc.terminate()
+        try:
+            return self.proc.wait(PROCESS_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"chargewatch proxy did not stop within {PROCESS_TIMEOUT_S}s: {''.join(self.stderr)}")
+
+
+def spooled(directory: Path) -> Counter[str]:
+    """The records in a spool directory by kind (message, connection, deadletter), read as its publisher would."""
+    reader, found = SpoolReader(directory), Counter[str]()
+    while batch := reader.read():
+        found.update(json.loads(entry.value)["record"] for entry in batch)
+    return found
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = PROCESS_TIMEOUT_S) -> None:
+    """Poll a condition that another process makes true (files it writes), within timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(0.05)
 
 
 def closed_port() -> int:

@@ -4,8 +4,10 @@ The collector runs as a subprocess (``collect live --iface lo --bpf "tcp port P"
 central systems and charge points of the PyPI ``ocpp`` library talk on port P. Every frame the
 peers sent must arrive in Kafka exactly once, the rotating evidence pcap must decode to the same
 messages, a burst into a tiny queue must be counted as drops (not hang), and the status file
-must hold the counters. Live capture needs root (CAP_NET_RAW): without it these tests FAIL.
-The evidence pcap writer also has plain unit tests here (no root, no services).
+must hold the counters. A collector SIGKILLed while Kafka was unreachable leaves its records in
+the spool, and the next run publishes each of them exactly once. Live capture needs root
+(CAP_NET_RAW): without it these tests FAIL. The evidence pcap writer also has plain unit tests
+here (no root, no services).
 """
 
 from __future__ import annotations
@@ -37,9 +39,11 @@ from tests.conftest import TEST_KEY, Services, isolated_config
 from tests.framecheck import Collected, check_frames, collect
 from tests.kafka_helpers import read_topic
 from tests.peers import SCENARIOS, SUBPROTOCOLS, SentFrame, _Central, _Context
+from tests.proxy_harness import closed_port, spooled, wait_for
 
 # Ports unique to this module (other suites use ephemeral ports or their own fixed ones).
-PORT_SESSIONS, PORT_BURST, PORT_EMBEDDED = 47_811, 47_812, 47_813
+PORT_SESSIONS, PORT_BURST, PORT_EMBEDDED, PORT_RESTART = 47_811, 47_812, 47_813, 47_815
+DROP_REASONS = ("queue_full", "kernel", "spool_full", "spool_write_error", "kafka_error")
 SESSIONS = ["v16_session", "v201_session"]
 STOP_TIMEOUT = 180.0  # generous: the machine is shared and may be slow
 
@@ -158,10 +162,14 @@ def test_live_capture_to_kafka_exactly_once_with_evidence_pcap(tmp_path: Path, s
     check_frames(_collected(records, status), frames, key=bytes.fromhex(TEST_KEY))  # exactly once, in order
     details = status["details"]
     assert status["frames"] == details["decoded_frames"] > 0 and status["bytes"] > 0, status
-    assert status["drops"] == 0 and details["drops"] == {"queue_full": 0, "kernel": 0}, status
+    assert status["drops"] == 0 and details["drops"] == dict.fromkeys(DROP_REASONS, 0), status
     assert status["errors"] == 0 and status["messages"] == len(frames), status
     assert details["truncated_frames"] == 0 and details["queue_depth"] == 0, details
-    assert details["output"]["published"] == len(records), details
+    output = details["output"]
+    assert output["published"] == output["delivered"] == len(records), details
+    # Everything spooled reached Kafka before the clean stop returned; nothing needed a restart.
+    assert output["spool"]["spooled"] == len(records) and output["spool"]["pending_bytes"] == 0, output
+    assert output["redelivered_skipped"] == 0 and output["publisher"]["restarts"] == 0, output
     # lo shows each packet twice (out, in); the kernel filter drops the outgoing copy before user space.
     assert details["loopback_duplicates_skipped"] == 0, details
     # The evidence pcap: rotated into several files, together the same packets and the same messages.
@@ -207,12 +215,58 @@ def test_burst_into_tiny_queue_counts_drops_and_stops(tmp_path: Path, services: 
     assert code == 0, err
     details = status["details"]
     drops = details["drops"]
-    assert status["drops"] == drops["queue_full"] + drops["kernel"] and drops["queue_full"] > 0, status
+    assert status["drops"] == sum(drops.values()) and drops["queue_full"] > 0, status
+    assert drops["queue_full"] + drops["kernel"] == status["drops"], drops  # the spool lost nothing
     # Every frame read was either decoded or counted as dropped; nothing vanished.
     assert status["frames"] == details["decoded_frames"] + drops["queue_full"], status
     assert details["queue_depth_max"] == 1 and details["queue_depth"] == 0, details
     assert status["bytes"] > 20_000 * 64, status  # every frame carrying the burst passed the sniffer
     assert details["truncated_frames"] == 0 and details["tcp_connections"] == 1, details
+
+
+@pytest.mark.root
+def test_sigkill_with_undelivered_spool_then_restart_publishes_exactly_once(tmp_path: Path,
+                                                                           services: Services) -> None:
+    _need_root()
+    spool = tmp_path / "spool"
+    config = with_overrides(isolated_config(services), collector={"live_drain_timeout_s": 60.0})
+    offline = with_overrides(config, kafka={"bootstrap_servers": f"127.0.0.1:{closed_port()}"})
+    (tmp_path / "crashed").mkdir()
+    live = LiveProcess(tmp_path / "crashed", offline, PORT_RESTART, "--spool-dir", str(spool))
+    try:
+        frames = asyncio.run(_talk(PORT_RESTART, SESSIONS))
+        # Kafka is unreachable: the decoded records exist only in the spool when the collector dies.
+        wait_for(lambda: spooled(spool) == {"message": len(frames), "connection": 4}, "the spooled records")
+        assert not live.status()["details"]["output"]["kafka_connected"]
+    finally:
+        live.kill()
+    assert live.proc.returncode == -signal.SIGKILL
+    (tmp_path / "restarted").mkdir()
+    restarted = LiveProcess(tmp_path / "restarted", config, PORT_RESTART, "--spool-dir", str(spool))
+    try:
+        code, _, err, status = restarted.interrupt()  # a clean stop waits for the spool to drain
+    finally:
+        restarted.kill()
+    assert code == 0, err
+    records = read_topic(services.kafka, config.kafka.messages_topic)
+    assert read_topic(services.kafka, config.kafka.deadletter_topic) == []
+    check_frames(_from_kafka(records), frames, key=bytes.fromhex(TEST_KEY))  # each frame once, in order
+    output = status["details"]["output"]
+    assert status["frames"] == 0 and output["spool"]["spooled"] == 0, status  # the restarted run saw no traffic
+    assert output["delivered"] == len(records) == len(frames) + 4, output
+    assert output["spool"]["pending_bytes"] == 0 and output["spool"]["corrupt_tail"] == 0, output
+    assert output["redelivered_skipped"] == 0, output  # nothing had reached Kafka before the crash
+
+
+def _from_kafka(records: list[dict[str, Any]]) -> Collected:
+    """What a collector published, counted from the records themselves (its counters died with it)."""
+    collected = Collected()
+    for value in records:
+        collected.record(record_from_dict(value))
+    collected.stats.messages = len(collected.messages)
+    upgrades = sum(1 for e in collected.events if e.kind == "upgrade")
+    collected.stats.tcp_connections = collected.stats.websocket_connections = upgrades
+    return collected
 
 
 @pytest.mark.root

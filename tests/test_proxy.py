@@ -2,7 +2,9 @@
 
 Sessions must complete unchanged (each peer receives exactly the frames the other sent), every
 frame must reach Kafka as a redacted record with the right direction, ids and action, and a
-Kafka that cannot be reached must cost the relay nothing but counted drops.
+Kafka that cannot be reached must cost the relay nothing: records wait in the spool (or, when it
+is full, are dropped and counted). A proxy SIGKILLed with undelivered records in its spool, and
+a publisher process killed while publishing, still leave every relayed frame in Kafka once.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
+import signal
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,12 +24,19 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from chargewatch.config import Config, with_overrides
+from chargewatch.catalog import load_catalog
+from chargewatch.config import Config, KafkaConfig, with_overrides
+from chargewatch.model import ConnectionEvent
+from chargewatch.redaction import Redactor
+from chargewatch.spool import SpoolReader, delete_segments_before
+from chargewatch.spool_output import SpooledOutput
 from chargewatch.status import read_status
+from collectors.proxy_mirror import Mirror
 from tests.conftest import TEST_KEY, Services, isolated_config
 from tests.kafka_helpers import read_topic
 from tests.peers import CREDENTIALS, TAG, SentFrame
 from tests.proxy_harness import (
+    ProxyProcess,
     central_system,
     client_context,
     closed_port,
@@ -33,7 +44,9 @@ from tests.proxy_harness import (
     run_scenarios,
     running_proxy,
     server_context,
+    spooled,
     tap_peers,
+    wait_for,
 )
 
 PASSWORD = CREDENTIALS["CP16-001"]
@@ -119,7 +132,7 @@ def _session(config: Config, monkeypatch: pytest.MonkeyPatch, pki: Any = None) -
         central_ssl = server_context(pki, require_client=True) if pki else None
         async with central_system(sent, central_ssl) as (central, central_port):
             scheme = "wss" if pki else "ws"
-            tls: dict[str, object] = {}
+            tls: dict[str, str] = {}
             if pki:
                 tls = {"tls_cert": str(pki.server_cert), "tls_key": str(pki.server_key), "tls_client_ca": str(pki.ca),
                        "upstream_ca": str(pki.ca), "upstream_client_cert": str(pki.proxy_cert),
@@ -145,6 +158,9 @@ def test_plain_sessions_relayed_unchanged_and_mirrored(services: Services, tmp_p
     assert (status["frames"], status["messages"], status["drops"], status["errors"]) == (len(sent), len(sent), 0, 0)
     assert status["details"]["delivered"] == len(sent) + 4  # the messages and 2 upgrade + 2 closed events
     assert (status["details"]["connections_total"], status["details"]["connections_open"]) == (2, 0)
+    spool = status["details"]["spool"]
+    assert spool["spooled"] == len(sent) + 4 and spool["pending_bytes"] == 0 and spool["corrupt_tail"] == 0
+    assert status["details"]["publisher"]["restarts"] == 0 and status["details"]["redelivered_skipped"] == 0
 
 
 @pytest.mark.services
@@ -162,8 +178,11 @@ def test_tls_terminated_and_reoriginated_with_client_certificates(services: Serv
     assert _status(config)["drops"] == 0
 
 
-def test_unreachable_kafka_costs_nothing_but_counted_drops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = _offline_config(tmp_path, queue_records=4)
+@pytest.mark.parametrize("spool_max_bytes", [1 << 30, 8192])
+def test_unreachable_kafka_costs_the_relay_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   spool_max_bytes: int) -> None:
+    spool = tmp_path / "spool"
+    config = _offline_config(tmp_path, spool_dir=str(spool), spool_max_bytes=spool_max_bytes)
     sent: list[SentFrame] = []
     received: list[SentFrame] = []
     tap_peers(monkeypatch, received, None)
@@ -185,10 +204,45 @@ def test_unreachable_kafka_costs_nothing_but_counted_drops(tmp_path: Path, monke
     status = _status(config)
     assert status["frames"] == len(sent) > 4
     details = status["details"]
-    assert details["drops_by_kind"] == {"frame": len(sent), "connection": 2}  # upgrade + closed
-    assert status["drops"] == len(sent) + 2 == sum(details["drops"].values())
-    assert details["drops"]["queue_full"] == len(sent) + 2 - 4  # the 4 queued ones could not be sent at stop
     assert details["delivered"] == 0 and not details["kafka_connected"]
+    # Every record is either in the spool, waiting for Kafka, or counted as dropped: nothing vanished.
+    kept, lost = spooled(spool), details["drops_by_kind"]
+    assert sum(kept.values()) == details["spool"]["spooled"] and details["spool"]["pending_bytes"] > 0
+    assert kept["message"] + lost.get("message", 0) == len(sent) and kept["connection"] + lost.get("connection", 0) == 2
+    assert status["drops"] == details["drops"]["spool_full"] == sum(lost.values())
+    if spool_max_bytes > 1 << 20:
+        assert status["drops"] == 0 and kept == {"message": len(sent), "connection": 2}
+    else:  # what did not fit is counted; the spool stays within its bound
+        assert lost.get("message", 0) > 0 and details["spool"]["bytes"] <= spool_max_bytes
+
+
+def test_full_spool_reports_a_mirror_gap_once_there_is_room(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = tmp_path / "spool"
+    output = SpooledOutput(KafkaConfig(bootstrap_servers=f"127.0.0.1:{closed_port()}"), directory, max_bytes=4096,
+                           fsync_interval_s=1.0, kafka_block_ms=500, drain_timeout_s=0.5)  # publisher never started
+    mirror = Mirror(output, Redactor(bytes.fromhex(TEST_KEY)), load_catalog(), source="proxy:t", max_message=1 << 20)
+    upgrade = ConnectionEvent(ts=1.0, kind="upgrade", connection_id="C1", charge_point_id="CP1", client_ip="127.0.0.1",
+                              client_port=50_000, server_ip="127.0.0.1", server_port=9180, subprotocol="ocpp1.6",
+                              ocpp_version="1.6", status=101, source="proxy:t")
+    link = mirror.open(upgrade, ("127.0.0.1", 50_000), ("127.0.0.1", 9180))
+    for i in range(40):
+        mirror.frame(link, True, f'[2,"m{i}","Heartbeat",{{}}]'.encode(), 2.0 + i, False, i + 1)
+    counters = mirror.counters()
+    lost = counters["drops"]["spool_full"]
+    assert 0 < lost < 40 and link.dropped == lost and counters["drops_by_kind"] == {"message": lost}
+    # The publisher acknowledged every closed segment and deleted it: there is room again.
+    delete_segments_before(directory, output.writer.segment)
+    monkeypatch.setattr("chargewatch.spool.REFRESH_S", 0.0)
+    mirror.frame(link, True, b'[2,"last","Heartbeat",{}]', 50.0, False, 41)
+    output.close()
+    reader, entries = SpoolReader(directory), list[dict[str, Any]]()
+    while batch := reader.read():
+        entries.extend(json.loads(entry.value) for entry in batch)
+    gap, last = entries[-2:]
+    assert (gap["record"], gap["kind"], gap["connection_id"], gap["charge_point_id"]) == (
+        "deadletter", "mirror_gap", "C1", "CP1")
+    assert gap["detail"].startswith(f"{lost} frame(s) of this connection were relayed but not mirrored")
+    assert (last["record"], last["message_id"]) == ("message", "last") and link.reported == lost
 
 
 def test_refusals_close_codes_and_binary_frames(tmp_path: Path) -> None:
@@ -246,3 +300,86 @@ def test_refusals_close_codes_and_binary_frames(tmp_path: Path) -> None:
     assert (proxy.counters.upstream_refusals, proxy.counters.connections_total) == (1, 2)
     assert proxy.counters.frames == 2 * 3 + 1  # three echoed messages, and close-me
     assert proxy.counters.relay_errors == 0
+
+
+# --- crashes: the proxy, or its publisher process, SIGKILLed; every relayed frame in Kafka once ------
+
+SESSIONS = ["v16_session", "v201_session"]
+
+
+@pytest.mark.services
+def test_proxy_sigkilled_with_records_only_in_the_spool_publishes_them_once_after_restart(
+        services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = tmp_path / "spool"
+    online = with_overrides(isolated_config(services), collector={"status_dir": str(tmp_path / "status")},
+                            proxy={"spool_dir": str(spool), "kafka_block_ms": 500, "drain_timeout_s": 60.0})
+    offline = with_overrides(online, kafka={"bootstrap_servers": f"127.0.0.1:{closed_port()}"})
+    sent: list[SentFrame] = []
+    received: list[SentFrame] = []
+    tap_peers(monkeypatch, received, None)
+
+    async def main() -> str:
+        async with central_system(sent) as (central, central_port):
+            upstream = f"ws://127.0.0.1:{central_port}"
+            crashed = await asyncio.to_thread(ProxyProcess, offline, tmp_path / "crashed", upstream)
+            try:
+                await run_scenarios(f"ws://127.0.0.1:{crashed.port}/ocpp/", central, sent, SESSIONS)
+                # Kafka is unreachable: once every relayed frame's record is spooled, the spool is all there is.
+                expected = {"message": len(sent), "connection": 4}
+                await asyncio.to_thread(wait_for, lambda: spooled(spool) == expected, "every record in the spool")
+            finally:
+                crashed.kill()
+            assert crashed.proc.returncode == -signal.SIGKILL
+            return upstream
+
+    upstream = asyncio.run(main())
+    _assert_relayed_unchanged(sent, received)
+    restarted = ProxyProcess(online, tmp_path / "restarted", upstream)
+    assert restarted.stop() == 0, "".join(restarted.stderr)  # a clean stop drains the spool first
+    _check_kafka(online, sent, tls=False)  # every frame once (by charge point, direction, type, id, action)
+    details = _status(online)["details"]
+    assert details["delivered"] == len(sent) + 4 and details["redelivered_skipped"] == 0, details
+    assert details["spool"]["pending_bytes"] == 0 and details["spool"]["corrupt_tail"] == 0, details["spool"]
+    assert details["spool"]["spooled"] == 0 and details["connections_total"] == 0  # the restart relayed nothing
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("kill", ["sent:20", "flushed:1", "sigkill"])
+def test_publisher_killed_while_publishing_is_restarted_without_loss_or_duplicates(
+        services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kill: str) -> None:
+    """sent:20 dies with records sent but not acknowledged, flushed:1 with records acknowledged but
+    not checkpointed, sigkill is killed from outside after its first checkpoint."""
+    config = with_overrides(isolated_config(services), collector={"status_dir": str(tmp_path)})
+    sent: list[SentFrame] = []
+    received: list[SentFrame] = []
+    tap_peers(monkeypatch, received, None)
+
+    def pending(proxy: Any) -> int:
+        return int(proxy.mirror.counters()["spool"]["pending_bytes"])
+
+    async def main() -> Any:
+        async with central_system(sent) as (central, central_port):
+            kill_at = None if kill == "sigkill" else kill
+            async with running_proxy(config, kill_at, upstream=f"ws://127.0.0.1:{central_port}") as (proxy, port):
+                publisher = proxy.mirror.output.publisher
+                base = f"ws://127.0.0.1:{port}/ocpp/"
+                await run_scenarios(base, central, sent, SESSIONS[:1])
+                if kill == "sigkill":
+                    await asyncio.to_thread(wait_for, lambda: publisher.counters().get("delivered", 0) > 0,
+                                            "the publisher's first checkpoint")
+                    os.kill(publisher.pid or 0, signal.SIGKILL)
+                await run_scenarios(base, central, sent, SESSIONS[1:])
+                # The new publisher process catches up before the proxy stops (a stop would also drain).
+                await asyncio.to_thread(wait_for, lambda: publisher.restarts == 1 and not pending(proxy),
+                                        "a new publisher process publishing the whole spool")
+            _write_status(proxy, config)
+            return proxy
+
+    asyncio.run(main())
+    _assert_relayed_unchanged(sent, received)
+    _check_kafka(config, sent, tls=False)  # no record lost, none twice
+    details = _status(config)["details"]
+    assert details["publisher"]["restarts"] == 1 and details["spool"]["pending_bytes"] == 0, details
+    assert details["delivered"] + details["redelivered_skipped"] == len(sent) + 4, details
+    if kill == "flushed:1":  # acknowledged but not checkpointed: found in Kafka, not sent again
+        assert details["redelivered_skipped"] > 0, details

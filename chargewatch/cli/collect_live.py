@@ -1,8 +1,11 @@
 """``chargewatch collect live``: capture an interface, decode like ``collect pcap``, publish or detect.
 
 The capture itself is :class:`collectors.live.LiveCollector`; this module picks the output
-(Kafka, or the detectors in process with ``--embedded``), the evidence pcap, the counters for
-``chargewatch status``, and stops cleanly on SIGINT/SIGTERM, ``--duration`` or ``--max-packets``.
+(Kafka through a durable spool, or the detectors in process with ``--embedded``), the evidence
+pcap, the counters for ``chargewatch status``, and stops cleanly on SIGINT/SIGTERM,
+``--duration`` or ``--max-packets``. The decoded records go to the spool
+(:class:`chargewatch.spool_output.SpooledOutput`) and a separate publisher process takes them to
+Kafka exactly once, so records decoded before a crash are published by the next run.
 """
 
 from __future__ import annotations
@@ -19,14 +22,16 @@ from typing import Any, TextIO
 
 from chargewatch.catalog import load_catalog
 from chargewatch.config import Config, resolve_redaction_key
-from chargewatch.kafkaio import DurableProducer, KafkaRecordSink, ensure_topics, make_producer
-from chargewatch.model import Record, key_function
+from chargewatch.model import Record
 from chargewatch.redaction import Redactor
+from chargewatch.spool_output import SpooledOutput, default_spool_dir
 from chargewatch.status import StatusWriter
 from collectors.frames import DecodeContext
 from collectors.live import LiveCollector, LiveOptions
 from collectors.pcapwriter import RotatingPcapWriter
 from collectors.stats import CollectorStats, DeadLetter
+
+KAFKA_BLOCK_MS = 5_000  # longest a Kafka call may block the spool's publisher process
 
 
 def add_live_parser(kinds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,27 +58,37 @@ def add_live_parser(kinds: argparse._SubParsersAction[argparse.ArgumentParser]) 
                       help="counters go to [collector] status_dir/live-NAME.json (default NAME: the interface)")
     live.add_argument("--queue-packets", type=int, default=0, metavar="N",
                       help="frames buffered between capture and decoding (default: [collector] live_queue_packets)")
+    live.add_argument("--spool-dir", type=Path, default=None, metavar="DIR",
+                      help="durable spool between decoding and Kafka (default: [collector] live_spool_dir, else "
+                           "<status_dir>/../spool/live-NAME); records a crash left in it are published first")
     live.set_defaults(run=run_live)
 
 
 class _KafkaOutput:
-    """Records to the messages topic, dead letters to the dead-letter topic (like ``collect pcap``)."""
+    """Records to the messages topic, dead letters to the dead-letter topic (like ``collect pcap``),
+    through the spool: an append is all the decoding thread does; Kafka may be down meanwhile."""
 
-    def __init__(self, config: Config) -> None:
-        cfg = config.kafka
-        ensure_topics(cfg, [cfg.messages_topic, cfg.deadletter_topic])
-        self.target = f"Kafka {cfg.bootstrap_servers} topic {cfg.messages_topic}"
-        self.out = DurableProducer(make_producer(cfg))
-        self.sink = KafkaRecordSink(cfg, self.out, key_function(cfg.messages_key))
+    def __init__(self, config: Config, directory: Path) -> None:
+        cfg = config.collector
+        self.spool = SpooledOutput(config.kafka, directory, max_bytes=cfg.live_spool_max_bytes,
+                                   fsync_interval_s=cfg.live_fsync_interval_s, kafka_block_ms=KAFKA_BLOCK_MS,
+                                   drain_timeout_s=cfg.live_drain_timeout_s)
+        self.sink = self.spool.sink
+        self.target = (f"spool {directory} -> Kafka {config.kafka.bootstrap_servers} "
+                       f"topic {config.kafka.messages_topic}")
+
+    def start(self) -> None:
+        self.spool.start()
 
     def flush(self) -> None:
-        self.sink.flush()
+        """Nothing to do: each record reached the operating system when it was spooled."""
 
     def counters(self) -> dict[str, Any]:
-        return {"published": self.out.sent}
+        counters = self.spool.counters()
+        return {"published": counters["delivered"], **counters}
 
     def close(self) -> None:
-        self.out.close()
+        self.spool.close()
 
 
 class _EmbeddedOutput:
@@ -88,6 +103,10 @@ class _EmbeddedOutput:
         self.letters_out: TextIO | None = deadletter.open("a") if deadletter else None
         self.alerts = self.dead_letters = 0
         self.sink = self
+        self.closed = False
+
+    def start(self) -> None:
+        """Nothing to start: the detectors run in this process."""
 
     def record(self, record: Record) -> None:
         for alert in self.stages.process(record):
@@ -108,6 +127,9 @@ class _EmbeddedOutput:
         return {"alerts": self.alerts, "dead_letters": self.dead_letters}
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         self.flush()
         if self.alerts_out is not sys.stdout:
             self.alerts_out.close()
@@ -122,8 +144,10 @@ def run_live(args: argparse.Namespace, config: Config) -> int:
                           queue_bytes=cfg.live_queue_bytes, socket_buffer_bytes=cfg.live_socket_buffer_bytes,
                           flush_interval_s=cfg.live_flush_interval_s, max_packets=args.max_packets)
     redactor = Redactor(resolve_redaction_key(config.redaction), enabled=config.redaction.enabled)
+    spool = args.spool_dir or (Path(cfg.live_spool_dir) if cfg.live_spool_dir
+                               else default_spool_dir(cfg.status_dir, f"live-{name}"))
     output: _KafkaOutput | _EmbeddedOutput = (_EmbeddedOutput(config, args.out, args.deadletter) if args.embedded
-                                              else _KafkaOutput(config))
+                                              else _KafkaOutput(config, spool.expanduser()))
     try:
         ctx = DecodeContext(sink=output.sink, stats=CollectorStats(), redactor=redactor, catalog=load_catalog(),
                             source=f"live:{args.iface}", max_message=cfg.max_message_bytes)
@@ -132,6 +156,7 @@ def run_live(args: argparse.Namespace, config: Config) -> int:
             pcap = functools.partial(RotatingPcapWriter, args.pcap_dir, f"live-{name}",
                                      rotate_bytes=int(args.pcap_rotate_mb * 1_000_000), keep=args.pcap_keep)
         collector = LiveCollector(options, ctx, output.flush, pcap)
+        output.start()
         _capture(args, collector, output, StatusWriter(Path(cfg.status_dir).expanduser(), f"live-{name}", "live",
                                                        lambda: _snapshot(collector, output)))
     finally:
@@ -161,14 +186,19 @@ def _capture(args: argparse.Namespace, collector: LiveCollector, output: _KafkaO
         collector.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        output.close()  # the spool's publisher drains before the final counters are written
         status.stop()
     snap = _snapshot(collector, output)
     print(f"chargewatch: live capture on {args.iface} stopped: {snap['frames']} frames, {snap['messages']} messages, "
-          f"{snap['errors']} errors, {snap['drops']} drops {snap['details']['drops']}, "
-          f"{json.dumps(snap['details']['output'])}", file=sys.stderr)
+          f"{snap['errors']} errors, {snap['drops']} drops {snap['details']['drops']}", file=sys.stderr)
 
 
 def _snapshot(collector: LiveCollector, output: _KafkaOutput | _EmbeddedOutput) -> dict[str, Any]:
+    """The capture's counters with the output's; the spool's drops count with the capture's."""
     snap = collector.snapshot()
-    snap["details"]["output"] = output.counters()
+    out = output.counters()
+    snap["details"]["output"] = out
+    for reason, count in out.get("drops", {}).items():
+        snap["details"]["drops"][reason] = count
+        snap["drops"] += count
     return snap

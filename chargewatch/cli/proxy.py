@@ -21,16 +21,17 @@ if TYPE_CHECKING:  # the proxy (asyncio, websockets) is imported only when it ru
 OPTIONS = {"listen": "listen", "upstream": "upstream", "tls_cert": "tls_cert", "tls_key": "tls_key",
            "tls_client_ca": "tls_client_ca", "upstream_ca": "upstream_ca",
            "upstream_client_cert": "upstream_client_cert", "upstream_client_key": "upstream_client_key",
-           "status_name": "status_name"}
+           "status_name": "status_name", "spool_dir": "spool_dir"}
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("proxy", help="relay charge points to a central system, mirroring OCPP into Kafka",
                        description="Accept charge point WebSocket connections, relay them unchanged to the "
                                    "central system (subprotocol, Basic auth and path passed through), and mirror "
-                                   "every message and connection event into Kafka. Kafka trouble never slows or "
-                                   "alters the relayed traffic: records are buffered to a bound, then dropped and "
-                                   "counted. Defaults come from the [proxy] configuration section.")
+                                   "every message and connection event into Kafka. Records go to a durable spool on "
+                                   "disk first and a separate publisher process takes them to Kafka, so Kafka trouble "
+                                   "never slows or alters the relayed traffic and a crash loses no relayed message. "
+                                   "Defaults come from the [proxy] configuration section.")
     p.add_argument("--listen", metavar="HOST:PORT", help="where charge points connect (default: [proxy] listen)")
     p.add_argument("--upstream", metavar="URL", help="central system, ws://HOST:PORT[/path] or wss://...; the "
                                                      "charge point's path is appended")
@@ -41,6 +42,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--upstream-client-cert", metavar="PEM", help="client certificate the proxy presents upstream")
     p.add_argument("--upstream-client-key", metavar="PEM", help="private key of --upstream-client-cert")
     p.add_argument("--status-name", metavar="NAME", help="counters go to [collector] status_dir/NAME.json")
+    p.add_argument("--spool-dir", metavar="DIR", help="durable spool between relay and Kafka (default: [proxy] "
+                                                      "spool_dir, else <status_dir>/../spool/<status name>)")
+    p.add_argument("--publisher-kill-at", default=None, metavar="POINT:N",
+                   help="crash tests: the first publisher process SIGKILLs itself at its Nth sent, flushed or "
+                        "checkpointed")
     p.set_defaults(run=run)
 
 
@@ -50,22 +56,39 @@ def proxy_config(args: argparse.Namespace, config: Config) -> Config:
     return with_overrides(config, proxy=given) if given else config
 
 
-def build(config: Config) -> OcppProxy:
-    """The proxy and its mirror, from the configuration (validates it; nothing started)."""
+def spool_dir(config: Config) -> Path:
+    """The proxy's spool directory: [proxy] spool_dir, else <status_dir>/../spool/<status_name>."""
+    from chargewatch.spool_output import default_spool_dir
+
+    cfg = config.proxy
+    return Path(cfg.spool_dir).expanduser() if cfg.spool_dir else default_spool_dir(config.collector.status_dir,
+                                                                                     cfg.status_name)
+
+
+def build(config: Config, publisher_kill_at: str | None = None) -> OcppProxy:
+    """The proxy, its mirror and its spool, from the configuration (validates it; the spool is
+    opened, i.e. locked and recovered, but its publisher process is not started yet)."""
+    from chargewatch.spool_output import SpooledOutput
     from collectors.proxy import OcppProxy
     from collectors.proxy_mirror import Mirror
 
     cfg = config.proxy
     redactor = Redactor(resolve_redaction_key(config.redaction), enabled=config.redaction.enabled)
-    mirror = Mirror(config.kafka, redactor, load_catalog(), source=f"proxy:{cfg.status_name}",
-                    max_message=config.collector.max_message_bytes, queue_records=cfg.queue_records,
-                    queue_bytes=cfg.queue_bytes, kafka_block_ms=cfg.kafka_block_ms)
-    return OcppProxy(cfg, mirror)
+    output = SpooledOutput(config.kafka, spool_dir(config), max_bytes=cfg.spool_max_bytes,
+                           fsync_interval_s=cfg.fsync_interval_s, kafka_block_ms=cfg.kafka_block_ms,
+                           drain_timeout_s=cfg.drain_timeout_s, kill_at=publisher_kill_at)
+    mirror = Mirror(output, redactor, load_catalog(), source=f"proxy:{cfg.status_name}",
+                    max_message=config.collector.max_message_bytes)
+    try:
+        return OcppProxy(cfg, mirror)
+    except BaseException:
+        output.writer.close()
+        raise
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
     config = proxy_config(args, config)
-    proxy = build(config)
+    proxy = build(config, args.publisher_kill_at)
     status = StatusWriter(Path(config.collector.status_dir).expanduser(), config.proxy.status_name, "proxy",
                           proxy.snapshot)
     proxy.mirror.start()
@@ -73,10 +96,12 @@ def run(args: argparse.Namespace, config: Config) -> int:
         try:
             asyncio.run(_serve(proxy))
         finally:
-            proxy.mirror.close(config.proxy.drain_timeout_s)
+            proxy.mirror.close()
     final = proxy.snapshot()
-    print(f"proxy stopped: {final['details']['connections_total']} connections, {final['frames']} frames relayed, "
-          f"{final['details']['delivered']} records mirrored, {final['drops']} dropped", file=sys.stderr)
+    details = final["details"]
+    print(f"proxy stopped: {details['connections_total']} connections, {final['frames']} frames relayed, "
+          f"{details['delivered']} records in Kafka, {details['spool']['pending_bytes']} bytes still spooled "
+          f"(published at the next start), {final['drops']} dropped", file=sys.stderr)
     return 0
 
 
@@ -86,7 +111,7 @@ async def _serve(proxy: OcppProxy) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     port = await proxy.start()
-    print(f"proxy listening on {proxy.host}:{port}, relaying to {proxy.upstream}; Ctrl-C or SIGTERM stops",
-          file=sys.stderr, flush=True)
+    print(f"proxy listening on {proxy.host}:{port}, relaying to {proxy.upstream}, spooling to "
+          f"{proxy.mirror.output.directory}; Ctrl-C or SIGTERM stops", file=sys.stderr, flush=True)
     await stop.wait()
     await proxy.stop()
