@@ -55,7 +55,12 @@ MAX_OPEN = 32  # pending answers / transactions / untagged starts followed per c
 
 
 class Router(Protocol):
-    """Where records go in a stage: (key, record) pairs; a router may hold per-charge-point state."""
+    """Where records go in a stage: (key, record) pairs; a router may hold per-charge-point state.
+
+    ``message_actions``: the only actions of OCPP messages it may route (None: any message).
+    """
+
+    message_actions: frozenset[str] | None
 
     def route(self, record: Record) -> list[tuple[str, Record]]: ...
 
@@ -65,8 +70,9 @@ class Router(Protocol):
 class KeyRouter:
     """A stateless router from a routing function."""
 
-    def __init__(self, fn: RoutingFn) -> None:
+    def __init__(self, fn: RoutingFn, message_actions: frozenset[str] | None = None) -> None:
         self.fn = fn
+        self.message_actions = message_actions
 
     def route(self, record: Record) -> list[tuple[str, Record]]:
         return [(key, record) for key in self.fn(record)]
@@ -79,7 +85,7 @@ class ActionRouter(KeyRouter):
     """The fleet route limited to the actions some fleet rule watches."""
 
     def __init__(self, actions: frozenset[str]) -> None:
-        super().__init__(fleet_route)
+        super().__init__(fleet_route, actions)
         self.actions = actions
 
     def route(self, record: Record) -> list[tuple[str, Record]]:
@@ -99,6 +105,8 @@ class _Followed:
 
 class TokenRouter:
     """The ``id_tag`` route, extended to the messages of a token's transactions."""
+
+    message_actions: frozenset[str] | None = frozenset(TOKEN_ACTIONS)
 
     def __init__(self) -> None:
         self.points: dict[str, _Followed] = {}
@@ -193,6 +201,11 @@ class Stages:
         self.local = local
         self.correlation = correlation
         self.by_name = {s.name: s for s in correlation}
+        # The actions of messages some correlation stage may want (None: any): most messages
+        # (meter values, status, heartbeats) are routed nowhere, and learn it with one lookup.
+        wanted = [s.router.message_actions for s in correlation]
+        self._message_actions: frozenset[str] | None = (
+            None if any(w is None for w in wanted) else frozenset().union(*(w for w in wanted if w is not None)))
         self._since_sweep = 0
         self._newest = 0.0
         # Per (stage, key): recent record identities. A per-charge-point process that crashes
@@ -209,6 +222,9 @@ class Stages:
 
     def route(self, record: Record) -> list[tuple[str, str, Record]]:
         """(stage, key, record) for every correlation stage the record goes to."""
+        actions = self._message_actions
+        if actions is not None and isinstance(record, OcppMessage) and record.action not in actions:
+            return []
         return [(s.name, key, routed) for s in self.correlation for key, routed in s.router.route(record)]
 
     def correlate(self, name: str, key: str, record: Record, emit: bool = True) -> list[Alert]:
@@ -269,7 +285,7 @@ def build_stages(rules: dict[str, Rule], catalog: Catalog, policy: Policy, key: 
             continue
         router: Router = TokenRouter()
         if name == "client_ip":
-            router = KeyRouter(client_route)
+            router = KeyRouter(client_route, frozenset())  # connection events only
         if name == "fleet":
             router = ActionRouter(frozenset().union(*(getattr(d, "actions", ()) for d in runner.detectors)))
         stages.append(Stage(name, router, runner))
