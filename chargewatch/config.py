@@ -46,6 +46,12 @@ class ElasticsearchConfig:
     url: str = "http://127.0.0.1:19200"
     alerts_index: str = "chargewatch-alerts"
     request_timeout: float = 30.0
+    # Retention (chargewatch.store.es_retention): archived messages and alerts older than this
+    # many days are deleted (ILM where the cluster has it, else a sweep); 0 keeps them forever.
+    messages_retention_days: int = 30
+    alerts_retention_days: int = 365
+    # How often `chargewatch index` runs the retention sweep (0: only `chargewatch setup` does).
+    retention_sweep_interval_s: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,35 @@ class ProxyConfig:
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    """The built-in web dashboard (`chargewatch dashboard`): where it listens, who may log in,
+    how sessions and login attempts are bounded, and how much one page reads from the store."""
+
+    # HOST:PORT to serve on; anything but loopback belongs behind a TLS-terminating reverse proxy.
+    listen: str = "127.0.0.1:8080"
+    # Users and their scrypt password hashes (`chargewatch dashboard add-user NAME`), and the key
+    # that signs session cookies (created with 32 random bytes, mode 0600, on first start).
+    users_file: str = "~/.local/state/chargewatch/dashboard-users"
+    secret_key_file: str = "~/.local/state/chargewatch/dashboard-secret.key"  # noqa: S105 - a path
+    # A login lasts this long; cookies carry the Secure flag when true (set it behind HTTPS).
+    session_hours: float = 8.0
+    secure_cookies: bool = False
+    # Reverse proxies in front whose X-Forwarded-For/-Proto are trusted (0: use the peer address).
+    proxy_hops: int = 0
+    # Failed logins allowed per client address within login_window_s; addresses tracked at most.
+    login_attempts: int = 5
+    login_window_s: float = 300.0
+    login_tracked_addresses: int = 10_000
+    # Time range a view shows when the link names none: 1h, 24h, 7d, 30d or all.
+    default_range: str = "24h"
+    # Most alert documents and archived records one page reads from the store.
+    max_alerts: int = 2000
+    max_messages: int = 10_000
+    # Web server threads (waitress).
+    threads: int = 4
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration."""
 
@@ -154,6 +189,7 @@ class Config:
     collector: CollectorConfig = field(default_factory=CollectorConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
 
 T = TypeVar("T")

@@ -69,6 +69,7 @@ MESSAGE_FIELDS: dict[str, dict[str, Any]] = {
     "event.dataset": {"type": "keyword"},  # "chargewatch.ocpp" (messages) or "chargewatch.connection"
     "event.action": {"type": "keyword"},  # OCPP action, or the connection event kind (upgrade, closed, tls, arp)
     "event.reference": {"type": "keyword"},  # source reference: file#frame, file#offset, proxy:NAME#N
+    "event.sequence": {"type": "long"},  # capture time in microseconds: orders records within a millisecond
     "ocpp.charge_point_id": {"type": "keyword"},
     "ocpp.message_id": {"type": "keyword"},
     "ocpp.action": {"type": "keyword"},

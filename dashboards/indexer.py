@@ -1,30 +1,76 @@
-"""The indexer stage: alerts topic → Elasticsearch, bulk-indexed, offsets committed after.
+"""The indexer stage: Kafka → Elasticsearch, bulk-written, offsets committed after.
 
-Each batch is written with ``create`` and the alert's deterministic id before its offsets
-are committed, so a crash re-indexes at most one batch and duplicates nothing.
+Two consume loops, run by one process (``chargewatch index``, ``--what all``) or by separate
+ones (``--what alerts`` / ``--what messages``):
+
+- **alerts**: the alerts topic into the alerts index (consumer group ``[kafka] indexer_group``).
+  Alerts keep their deterministic id, so a crash re-indexes at most one batch and duplicates
+  nothing; triage set by people is carried over.
+- **archive**: the messages topic into the message archive and the asset inventory (group
+  ``<indexer_group>-archive``). Records keep their identity as id, so redelivery overwrites
+  nothing and counts nothing twice.
+
+Each loop commits a batch's offsets only after its bulk write returned (Elasticsearch
+acknowledges a write once it is in its translog). Both add the charge point's site from the
+operator policy (``[detector] policy_file``). Records that are not Chargewatch records are
+counted and logged with topic/partition/offset (the detector stage dead-letters them). A
+background thread runs the retention sweep every ``[elasticsearch] retention_sweep_interval_s``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from chargewatch.alerts import Alert
 from chargewatch.config import Config
 from chargewatch.consumer import LoopStats, make_consumer, run_loop
+from chargewatch.errors import DecodeError
 from chargewatch.faults import FaultPoints
 from chargewatch.kafkaio import ensure_topics
-from chargewatch.store import AlertStore
+from chargewatch.model import Record, record_from_dict
+from chargewatch.store.elastic import ElasticAlertStore
+from chargewatch.store.es_retention import RetentionSweeper
+from detectors.policy import Policy, load_policy
 
 log = logging.getLogger(__name__)
 
+WHAT = ("all", "alerts", "messages")
+BATCH = 1_000
+ARCHIVE_POINT = "records_archived"  # fault point of the archive loop (crash tests)
+
+
+class Sites:
+    """Charge point id -> site name from the operator policy, cached (globs are matched once)."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._known: dict[str, str | None] = {}
+
+    def of(self, cp_ids: Iterable[str | None]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for cp_id in cp_ids:
+            if not cp_id:
+                continue
+            if cp_id not in self._known:
+                site = self.policy.site_of(cp_id)
+                self._known[cp_id] = site.name if site else None
+            name = self._known[cp_id]
+            if name:
+                out[cp_id] = name
+        return out
+
 
 class IndexerStage:
-    """Buffers a batch of alert documents and stores them on flush."""
+    """Buffers a batch of alerts and stores them on flush."""
 
-    def __init__(self, store: AlertStore, faults: FaultPoints) -> None:
-        self.store, self.faults = store, faults
+    def __init__(self, store: ElasticAlertStore, faults: FaultPoints, sites: Sites) -> None:
+        self.store, self.faults, self.sites = store, faults, sites
         self._batch: list[Alert] = []
         self.indexed = 0
         self.bad_records = 0
@@ -45,20 +91,134 @@ class IndexerStage:
 
     def flush(self) -> None:
         batch, self._batch = self._batch, []
-        self.indexed += self.store.put_alerts(batch)
+        self.indexed += self.store.put_alerts(batch, sites=self.sites.of(a.charge_point_id for a in batch))
         self.faults.hit("alerts_indexed")
 
 
-def run_indexer(config: Config, store: AlertStore, faults: FaultPoints,
-                idle_exit: float | None) -> tuple[LoopStats, IndexerStage]:
-    """Run the indexer until idle for idle_exit seconds (None: until interrupted)."""
+class ArchiveStage:
+    """Buffers a batch of records and archives them (with the asset updates) on flush."""
+
+    def __init__(self, store: ElasticAlertStore, faults: FaultPoints, sites: Sites) -> None:
+        self.store, self.faults, self.sites = store, faults, sites
+        self._batch: list[Record] = []
+        self.archived = 0
+        self.bad_records = 0
+
+    def assigned(self, partitions: set[Any]) -> None:
+        return None
+
+    def revoked(self, partitions: set[Any]) -> None:
+        return None
+
+    def handle(self, tp: Any, records: list[Any]) -> None:
+        for rec in records:
+            try:
+                self._batch.append(record_from_dict(json.loads(rec.value)))
+            except (DecodeError, ValueError, TypeError, AttributeError) as exc:
+                self.bad_records += 1
+                log.error("%s/%s@%s: not a Chargewatch record, not archived: %s", rec.topic, rec.partition,
+                          rec.offset, exc)
+
+    def flush(self) -> None:
+        batch, self._batch = self._batch, []
+        self.archived += self.store.put_records(batch, self.sites.of(r.charge_point_id for r in batch))
+        self.faults.hit(ARCHIVE_POINT)
+
+
+@dataclass
+class IndexerRun:
+    """What ``chargewatch index`` did, per loop."""
+
+    alerts: tuple[LoopStats, IndexerStage] | None = None
+    archive: tuple[LoopStats, ArchiveStage] | None = None
+    sweeps: int = 0
+    sweep_failures: int = 0
+    errors: list[BaseException] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = []
+        if self.alerts:
+            stats, alerts = self.alerts
+            parts.append(f"alerts: {stats.records} records in {stats.batches} batches, {alerts.indexed} written, "
+                         f"{alerts.bad_records} bad records")
+        if self.archive:
+            stats, archive = self.archive
+            parts.append(f"archive: {stats.records} records in {stats.batches} batches, {archive.archived} new, "
+                         f"{archive.bad_records} bad records")
+        parts.append(f"retention sweeps: {self.sweeps} ({self.sweep_failures} failed)")
+        return "indexer: " + "; ".join(parts)
+
+
+def fault_points(spec: str | None, loop: str, what: str) -> FaultPoints:
+    """The crash-test points of one loop: the archive loop owns ``records_archived`` (and, alone
+    with ``--what messages``, the consume loop's points); the alerts loop owns the rest."""
+    point = spec.partition(":")[0] if spec else None
+    archive_only = point == ARCHIVE_POINT or what == "messages"
+    return FaultPoints(spec if (loop == "archive") == archive_only else None)
+
+
+def run_indexer(config: Config, store: ElasticAlertStore, kill_at: str | None, idle_exit: float | None,
+                what: str = "all") -> IndexerRun:
+    """Run the chosen loops until each has been idle for idle_exit seconds (None: until
+    interrupted), with the retention sweep in the background. Raises the first loop's error."""
     cfg = config.kafka
-    ensure_topics(cfg, [cfg.alerts_topic])
+    fault_points(kill_at, "alerts", what)  # validate the spec before anything starts
+    topics = [t for t, on in ((cfg.alerts_topic, what != "messages"), (cfg.messages_topic, what != "alerts")) if on]
+    ensure_topics(cfg, topics)
     store.setup()
-    stage = IndexerStage(store, faults)
-    consumer = make_consumer(cfg, cfg.indexer_group, 1000)
+    policy_file = config.detector.policy_file
+    sites = Sites(load_policy(Path(policy_file).expanduser() if policy_file else None))
+    run = IndexerRun()
+    stop = threading.Event()
+    loops: list[Callable[[], None]] = []
+    if what != "messages":
+        alerts = IndexerStage(store, fault_points(kill_at, "alerts", what), sites)
+        loops.append(lambda: _loop(config, cfg.indexer_group, cfg.alerts_topic, alerts, idle_exit, stop,
+                                   lambda s: setattr(run, "alerts", (s, alerts))))
+    if what != "alerts":
+        archive = ArchiveStage(store, fault_points(kill_at, "archive", what), sites)
+        loops.append(lambda: _loop(config, f"{cfg.indexer_group}-archive", cfg.messages_topic, archive, idle_exit,
+                                   stop, lambda s: setattr(run, "archive", (s, archive))))
+    sweeper = RetentionSweeper(store.sweep, config.elasticsearch.retention_sweep_interval_s)
+    sweeper.start()
     try:
-        stats = run_loop(consumer, cfg.alerts_topic, stage, faults, idle_exit)
+        _run_all(loops, stop, run)
+    finally:
+        sweeper.stop()
+        run.sweeps, run.sweep_failures = sweeper.sweeps, sweeper.failures
+    if run.errors:
+        raise run.errors[0]
+    return run
+
+
+def _loop(config: Config, group: str, topic: str, stage: IndexerStage | ArchiveStage, idle_exit: float | None,
+          stop: threading.Event, done: Callable[[LoopStats], None]) -> None:
+    consumer = make_consumer(config.kafka, group, BATCH)
+    try:
+        done(run_loop(consumer, topic, stage, stage.faults, idle_exit, should_stop=stop.is_set))
     finally:
         consumer.close(autocommit=False)
-    return stats, stage
+
+
+def _run_all(loops: list[Callable[[], None]], stop: threading.Event, run: IndexerRun) -> None:
+    """Run each loop in its own thread; the first failure stops the others."""
+
+    def guarded(loop: Callable[[], None]) -> None:
+        try:
+            loop()
+        except BaseException as exc:  # re-raised in the caller's thread by run_indexer
+            run.errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=guarded, args=(loop,), name=f"indexer-{i}") for i, loop in enumerate(loops)]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(timeout=0.5)
+    except KeyboardInterrupt:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        raise

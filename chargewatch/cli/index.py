@@ -1,4 +1,4 @@
-"""``chargewatch index``: the indexer stage, alerts topic → Elasticsearch."""
+"""``chargewatch index``: the indexer stage, Kafka → Elasticsearch (alerts, message archive, assets)."""
 
 from __future__ import annotations
 
@@ -6,28 +6,32 @@ import argparse
 import sys
 
 from chargewatch.config import Config
-from chargewatch.faults import FaultPoints
 from chargewatch.store.elastic import ElasticAlertStore
-from dashboards.indexer import run_indexer
+from dashboards.indexer import WHAT, run_indexer
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("index", help="index alerts from Kafka into Elasticsearch",
-                       description="Consume the alerts topic and bulk-index alerts into Elasticsearch; "
-                                   "offsets are committed only after Elasticsearch accepted the batch.")
+    p = sub.add_parser(
+        "index", help="index alerts and archive messages from Kafka into Elasticsearch",
+        description="Consume the alerts topic into the alerts index and the messages topic into the message "
+                    "archive and the asset inventory; a batch's offsets are committed only after Elasticsearch "
+                    "accepted it. Also runs the retention sweep every [elasticsearch] retention_sweep_interval_s.")
+    p.add_argument("--what", choices=WHAT, default="all",
+                   help="alerts (group [kafka] indexer_group), messages (group <indexer_group>-archive) "
+                        "or both in one process (default: all)")
     p.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
-                   help="exit after this many seconds without new alerts (default: run forever)")
+                   help="exit once every loop has gone this many seconds without records (default: run forever)")
     p.add_argument("--kill-at", default=None, metavar="POINT:N",
-                   help="crash testing: SIGKILL at the Nth pass of POINT (alerts_indexed, after_commit)")
+                   help="crash testing: SIGKILL at the Nth pass of POINT (alerts_indexed, records_archived, "
+                        "before_flush, after_flush, after_commit)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
     store = ElasticAlertStore(config.elasticsearch)
     try:
-        stats, stage = run_indexer(config, store, FaultPoints(args.kill_at), args.idle_exit)
+        result = run_indexer(config, store, args.kill_at, args.idle_exit, args.what)
     finally:
         store.close()
-    print(f"indexer: {stats.records} alert records in {stats.batches} batches, {stage.indexed} new alerts, "
-          f"{stage.bad_records} bad records", file=sys.stderr)
+    print(result.summary(), file=sys.stderr)
     return 0

@@ -1,4 +1,4 @@
-"""``chargewatch setup``: install index templates and indices (idempotent)."""
+"""``chargewatch setup``: install index templates, indices and retention (idempotent)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ from chargewatch.store.elastic import ElasticAlertStore
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("setup", help="install Elasticsearch templates and indices",
-                       description="Install the alert index template and create the alerts index. Safe to run twice.")
+    p = sub.add_parser(
+        "setup", help="install Elasticsearch templates, indices and retention",
+        description="Install the index templates of the alerts, the message archive and the asset inventory, "
+                    "create the alerts and asset indices (or bring their mappings up to date), install retention "
+                    "(ILM where the cluster has it, else the retention sweep) and run one sweep. Prints what it "
+                    "did and which retention mechanism is in force. Safe to run any number of times.")
     p.set_defaults(run=run)
 
 

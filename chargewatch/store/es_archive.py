@@ -1,0 +1,174 @@
+"""The message archive and the asset inventory in Elasticsearch.
+
+Records are archived in daily indices (``<prefix>-messages-YYYY.MM.DD`` by record time, see
+:mod:`chargewatch.store.es_templates`) with the ``create`` operation and the stable id of
+:func:`chargewatch.store.documents.record_id`: a redelivered record hits a version conflict
+and changes nothing. The bulk response says which records were new, and only those add to an
+asset's message and connection counts, so counts stay exact under redelivery. (A crash
+between the archive write and the asset write leaves that batch's records uncounted when they
+come again; every other asset field is rebuilt from them.)
+
+Assets are read, merged (:func:`chargewatch.store.documents.merge_asset`) and written back with
+optimistic concurrency (``if_seq_no``), because the minimal clusters we test on have no
+scripting to update them in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from chargewatch.alerts import iso_time
+from chargewatch.errors import StoreError
+from chargewatch.model import Record
+from chargewatch.store import MessageQuery
+from chargewatch.store.documents import AssetObservation, merge_asset, observe_assets, record_document, record_id
+from chargewatch.store.es_templates import IndexNames
+
+MAX_ATTEMPTS = 5
+ASSET_PAGE = 1_000
+
+
+def put_records(client: Any, names: IndexNames, records: Sequence[Record], sites: dict[str, str] | None) -> int:
+    """Archive records and update the assets they name; returns how many records were new."""
+    if not records:
+        return 0
+    unique: dict[tuple[str, str], tuple[Record, dict[str, Any]]] = {}
+    for record in records:  # a batch may hold one record twice (redelivery): keep the first
+        key = (names.messages_index(record.ts), record_id(record))
+        if key not in unique:
+            doc = record_document(record)
+            # Capture time to the microsecond: orders records within one millisecond of @timestamp.
+            doc.setdefault("event", {}).setdefault("sequence", round(record.ts * 1_000_000))
+            unique[key] = (record, {"_op_type": "create", "_index": key[0], "_id": key[1], "_source": doc})
+    existed = _bulk(client, [action for _record, action in unique.values()], "archive")
+    new = [record for key, (record, _action) in unique.items() if key not in existed]
+    _put_assets(client, names, _observations(records, new), sites or {})
+    return len(new)
+
+
+def _observations(records: Sequence[Record], new: Sequence[Record]) -> dict[str, AssetObservation]:
+    """Observations of every record (facts, addresses, first/last seen are idempotent) whose
+    counts include only the new ones."""
+    everything, fresh = observe_assets(records), observe_assets(new)
+    for cp_id, obs in everything.items():
+        counted = fresh.get(cp_id)
+        obs.messages = counted.messages if counted else 0
+        obs.connections = counted.connections if counted else 0
+    return everything
+
+
+def _put_assets(client: Any, names: IndexNames, observations: dict[str, AssetObservation],
+                sites: dict[str, str]) -> None:
+    pending = dict(observations)
+    for _attempt in range(MAX_ATTEMPTS):
+        if not pending:
+            return
+        resp = client.mget(index=names.assets, ids=list(pending))
+        stored = {d["_id"]: d for d in resp["docs"] if d.get("found")}
+        actions = []
+        for cp_id, obs in pending.items():
+            current = stored.get(cp_id)
+            action: dict[str, Any] = {"_index": names.assets, "_id": cp_id,
+                                      "_source": merge_asset(current["_source"] if current else None, obs,
+                                                             sites.get(cp_id))}
+            if current:
+                action |= {"_op_type": "index", "if_seq_no": current["_seq_no"],
+                           "if_primary_term": current["_primary_term"]}
+            else:
+                action["_op_type"] = "create"
+            actions.append(action)
+        conflicts = {doc_id for _index, doc_id in _bulk(client, actions, "asset")}
+        pending = {cp: pending[cp] for cp in conflicts}
+    raise StoreError(f"{len(pending)} asset(s) in {names.assets} kept changing under us; e.g. {next(iter(pending))}")
+
+
+def _bulk(client: Any, actions: list[dict[str, Any]], what: str) -> set[tuple[str, str]]:
+    """Bulk-write actions; returns (index, id) of those that hit a version conflict (409).
+    Any other refusal raises StoreError: the caller must not acknowledge the batch."""
+    from elasticsearch import helpers
+
+    _ok, errors = helpers.bulk(client, actions, raise_on_error=False, raise_on_exception=False, stats_only=False,
+                               chunk_size=2_000, max_chunk_bytes=50 * 1024 * 1024)
+    conflicts: set[tuple[str, str]] = set()
+    refused = []
+    for error in errors if isinstance(errors, list) else []:
+        body: Any = next(iter(error.values()), {})
+        if isinstance(body, dict) and body.get("status") == 409:
+            conflicts.add((str(body.get("_index")), str(body.get("_id"))))
+        else:
+            refused.append(body)
+    if refused:
+        raise StoreError(f"Elasticsearch refused {len(refused)} {what} document(s): {refused[0]}")
+    return conflicts
+
+
+def messages(client: Any, names: IndexNames, query: MessageQuery) -> list[dict[str, Any]]:
+    """Archived record documents matching query, oldest first."""
+    filters: list[dict[str, Any]] = []
+    for field_name, value in (("ocpp.charge_point_id", query.charge_point_id),
+                              ("ocpp.connection_id", query.connection_id)):
+        if value is not None:
+            filters.append({"term": {field_name: value}})
+    window = {op: iso_time(ts) for op, ts in (("gte", query.since), ("lte", query.until)) if ts is not None}
+    if window:
+        filters.append({"range": {"@timestamp": window}})
+    out: list[dict[str, Any]] = []
+    after: list[Any] | None = None
+    while len(out) < query.limit:
+        size = min(query.limit - len(out), 5_000)
+        extra = {"search_after": after} if after is not None else {}
+        resp = client.search(index=names.messages_pattern, query={"bool": {"filter": filters}}, size=size,
+                             sort=[{"@timestamp": "asc"}, {"event.sequence": {"order": "asc", "missing": "_first"}},
+                                   {"event.id": "asc"}],
+                             ignore_unavailable=True, allow_no_indices=True, **extra)
+        hits = resp["hits"]["hits"]
+        out += [hit["_source"] for hit in hits]
+        if len(hits) < size:
+            break
+        after = hits[-1]["sort"]
+    return out
+
+
+def assets(client: Any, names: IndexNames, charge_point_id: str | None) -> list[dict[str, Any]]:
+    """Asset documents (sorted by charge point id) with their alert counts filled in."""
+    query: dict[str, Any] = {"term": {"ocpp.charge_point_id": charge_point_id}} if charge_point_id else {
+        "match_all": {}}
+    out: list[dict[str, Any]] = []
+    after: list[Any] | None = None
+    while True:
+        extra = {"search_after": after} if after is not None else {}
+        resp = client.search(index=names.assets, query=query, size=ASSET_PAGE,
+                             sort=[{"ocpp.charge_point_id": "asc"}], ignore_unavailable=True,
+                             allow_no_indices=True, **extra)
+        hits = resp["hits"]["hits"]
+        page = [hit["_source"] for hit in hits]
+        _fill_alert_counts(client, names, page)
+        out += page
+        if len(hits) < ASSET_PAGE:
+            return out
+        after = hits[-1]["sort"]
+
+
+def _fill_alert_counts(client: Any, names: IndexNames, page: list[dict[str, Any]]) -> None:
+    """Set ``chargewatch.alerts.*`` of each asset from the alerts index (``event.kind`` alert
+    only; open = not closed by triage)."""
+    if not page:
+        return
+    ids = [doc["ocpp"]["charge_point_id"] for doc in page]
+    resp = client.search(
+        index=names.alerts, size=0, ignore_unavailable=True, allow_no_indices=True,
+        query={"bool": {"filter": [{"terms": {"ocpp.charge_point_id": ids}}, {"term": {"event.kind": "alert"}}]}},
+        aggs={"cp": {"terms": {"field": "ocpp.charge_point_id", "size": len(ids)},
+                     "aggs": {"open": {"filter": {"bool": {"must_not": [{"term": {"triage.status": "closed"}}]}}},
+                              "max_severity": {"max": {"field": "event.severity"}},
+                              "last": {"max": {"field": "event.end"}}}}})
+    buckets = {b["key"]: b for b in resp.get("aggregations", {}).get("cp", {}).get("buckets", [])}
+    for doc in page:
+        bucket = buckets.get(doc["ocpp"]["charge_point_id"])
+        counts: dict[str, Any] = {"open": 0, "total": 0}
+        if bucket:
+            counts = {"open": bucket["open"]["doc_count"], "total": bucket["doc_count"],
+                      "max_severity": int(bucket["max_severity"]["value"]),
+                      "last": iso_time(bucket["last"]["value"] / 1000)}
+        doc.setdefault("chargewatch", {})["alerts"] = counts
