@@ -7,14 +7,17 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
 from chargewatch.alerts import SEVERITY_NAMES, iso_time
 from chargewatch.config import Config, with_overrides
 from chargewatch.embedded import AnalysisResult, analyze
+from chargewatch.model import Record
 from chargewatch.store.sqlite import SqliteAlertStore
 from collectors.logformats import FORMATS as LOG_FORMATS
+from detectors.policy import Policy, load_policy
 
 PARALLEL_MIN_BYTES = 4 << 20  # below this, starting workers costs more than it saves
 
@@ -30,7 +33,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--format", choices=("table", "jsonl"), default="table",
                    help="table: summary and alert table; jsonl: one alert document per line")
     p.add_argument("--out", type=Path, help="write alerts here instead of stdout")
-    p.add_argument("--store", type=Path, help="also keep alerts in this SQLite file (embedded store)")
+    p.add_argument("--store", type=Path, help="also keep the alerts, every decoded record and the asset inventory "
+                                              "in this SQLite file (embedded store; the analysis then runs in one "
+                                              "process): the responder commands and the dashboard read it")
     p.add_argument("--deadletter", type=Path, help="write undecodable input records here (JSON lines)")
     p.add_argument("--stats-json", type=Path, help="write counters and timing here as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -44,7 +49,14 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if args.input_format is not None:
         config = with_overrides(config, collector={"input_format": args.input_format})
     started = time.perf_counter()
-    result = _analyze_with_progress(args, config)
+    archiver = _Archiver(args.store, config) if args.store else None
+    try:
+        result = _analyze_with_progress(args, config, archiver)
+        if archiver is not None:
+            archiver.finish(result, args.paths)
+    finally:
+        if archiver is not None:
+            archiver.store.close()
     seconds = time.perf_counter() - started
     out = args.out.open("w") if args.out else sys.stdout
     try:
@@ -68,11 +80,50 @@ def _workers(args: argparse.Namespace, total: int) -> int:
     return min(os.cpu_count() or 1, 4) if total >= PARALLEL_MIN_BYTES else 1
 
 
-def _analyze_with_progress(args: argparse.Namespace, config: Config) -> AnalysisResult:
+class _Archiver:
+    """``--store``: archives records into the SQLite store in batches as they are decoded (memory
+    stays bounded), with each charge point's site from the policy, then the alerts."""
+
+    BATCH = 5000
+
+    def __init__(self, path: Path, config: Config) -> None:
+        self.store = SqliteAlertStore(path)
+        policy_file = config.detector.policy_file
+        self.policy: Policy = load_policy(Path(policy_file).expanduser() if policy_file else None)
+        self.pending: list[Record] = []
+
+    def record(self, record: Record) -> None:
+        self.pending.append(record)
+        if len(self.pending) >= self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        self.store.put_records(self.pending, self.sites(r.charge_point_id for r in self.pending))
+        self.pending = []
+
+    def sites(self, cp_ids: Iterable[str | None]) -> dict[str, str]:
+        """The policy's site of each charge point that has one."""
+        found = {}
+        for cp_id in {c for c in cp_ids if c}:
+            site = self.policy.site_of(cp_id)
+            if site is not None:
+                found[cp_id] = site.name
+        return found
+
+    def finish(self, result: AnalysisResult, paths: list[Path]) -> None:
+        self.flush()
+        self.store.put_alerts(result.alerts, self.sites(a.charge_point_id for a in result.alerts))
+        for path in paths:
+            if path.is_file():
+                self.store.remember_capture(path)
+
+
+def _analyze_with_progress(args: argparse.Namespace, config: Config, archiver: _Archiver | None) -> AnalysisResult:
     total = sum(p.stat().st_size for p in args.paths if p.is_file())
-    workers = _workers(args, total)
+    workers = 1 if archiver is not None else _workers(args, total)  # records reach the store in order
+    on_record = archiver.record if archiver is not None else None
     if args.no_progress:
-        return analyze(args.paths, config, workers=workers)
+        return analyze(args.paths, config, workers=workers, on_record=on_record)
     from tqdm import tqdm
 
     with tqdm(total=total, unit="B", unit_scale=True, desc="analyze", file=sys.stderr, disable=None) as bar:
@@ -80,15 +131,10 @@ def _analyze_with_progress(args: argparse.Namespace, config: Config) -> Analysis
             result = analyze(args.paths, config, workers=workers)
             bar.update(total)
             return result
-        return analyze(args.paths, config, progress=bar.update)
+        return analyze(args.paths, config, progress=bar.update, on_record=on_record)
 
 
 def _side_outputs(args: argparse.Namespace, result: AnalysisResult, seconds: float) -> None:
-    if args.store:
-        store = SqliteAlertStore(args.store)
-        store.setup()
-        store.put_alerts(result.alerts)
-        store.close()
     if args.deadletter:
         with args.deadletter.open("w") as f:
             for letter in result.dead_letters:

@@ -21,6 +21,7 @@ looks a pseudonym up or adds anything personal.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable
@@ -58,12 +59,18 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
     for dotted, value in flat.items():
         if value is None:
             continue
-        parts = [dotted] if dotted == "@timestamp" else dotted.split(".")
+        *parents, leaf = _path(dotted)
         node = doc
-        for part in parts[:-1]:
+        for part in parents:
             node = node.setdefault(part, {})
-        node[parts[-1]] = value
+        node[leaf] = value
     return doc
+
+
+@functools.cache
+def _path(dotted: str) -> tuple[str, ...]:
+    """The parts of a dotted field name (one per field of the schema: cached, it is on the hot path)."""
+    return (dotted,) if dotted == "@timestamp" else tuple(dotted.split("."))
 
 
 def get_field(doc: dict[str, Any], dotted: str) -> Any:
@@ -78,17 +85,19 @@ def get_field(doc: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def record_document(record: Record) -> dict[str, Any]:
-    """The ``MESSAGE_FIELDS`` document of one record (its ``event.id`` is :func:`record_id`)."""
+def record_document(record: Record, doc_id: str | None = None) -> dict[str, Any]:
+    """The ``MESSAGE_FIELDS`` document of one record; its ``event.id`` is doc_id, which callers
+    that already computed :func:`record_id` pass to save computing it again."""
+    doc_id = doc_id or record_id(record)
     if isinstance(record, OcppMessage):
-        return nest(_message_fields(record))
-    return nest(_connection_fields(record))
+        return nest(_message_fields(record, doc_id))
+    return nest(_connection_fields(record, doc_id))
 
 
-def _message_fields(msg: OcppMessage) -> dict[str, Any]:
+def _message_fields(msg: OcppMessage, doc_id: str) -> dict[str, Any]:
     payload = as_object(msg.payload)
     return {
-        "@timestamp": precise_time(msg.ts), "event.kind": "event", "event.id": record_id(msg),
+        "@timestamp": precise_time(msg.ts), "event.kind": "event", "event.id": doc_id,
         "event.module": "chargewatch", "event.dataset": "chargewatch.ocpp", "event.action": msg.action,
         "event.reference": msg.source or None, "event.sequence": round(msg.ts * 1_000_000),
         "ocpp.charge_point_id": msg.charge_point_id or None, "ocpp.message_id": msg.message_id,
@@ -107,13 +116,13 @@ def _message_fields(msg: OcppMessage) -> dict[str, Any]:
     }
 
 
-def _connection_fields(event: ConnectionEvent) -> dict[str, Any]:
+def _connection_fields(event: ConnectionEvent, doc_id: str) -> dict[str, Any]:
     tls = event.tls or {}
     link = event.link or {}
     certs = tls.get("server_certs") or []
     first_cert = certs[0] if certs and isinstance(certs[0], dict) else {}
     return {
-        "@timestamp": precise_time(event.ts), "event.kind": "event", "event.id": record_id(event),
+        "@timestamp": precise_time(event.ts), "event.kind": "event", "event.id": doc_id,
         "event.module": "chargewatch", "event.dataset": "chargewatch.connection", "event.action": event.kind,
         "event.reference": event.source or None, "event.sequence": round(event.ts * 1_000_000),
         "ocpp.charge_point_id": event.charge_point_id or None, "ocpp.version": event.ocpp_version,
