@@ -59,9 +59,10 @@ class AlertStore(Protocol):
         what was done, including which retention mechanism is in force."""
         ...
 
-    def put_alerts(self, alerts: Sequence[Alert]) -> int:
+    def put_alerts(self, alerts: Sequence[Alert], sites: dict[str, str] | None = None) -> int:
         """Store alerts durably, upserting by id: a stored alert gets the new pipeline fields
-        (a storm's count and last occurrence) and keeps what people added (``triage``).
+        (a storm's count and last occurrence) and keeps what people added (``triage``); sites
+        (charge point id -> site, from the operator policy) fills ``chargewatch.site``.
         Returns how many alerts were written."""
         ...
 
