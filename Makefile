@@ -21,11 +21,16 @@ install-dev:
 	$(PIP) install -q -e '.[dev]'
 	$(COMPILE)
 
-system-deps:  ## tshark for the benchmark, libpcap for live capture (Debian, as root)
+system-deps:  ## tshark for the benchmark, libpcap for live capture, chromium + chromedriver for the dashboard test (Debian, as root)
 	@if ! command -v tshark >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q tshark; \
 	  else echo "tshark missing: install Debian's tshark package (needs root)"; exit 1; fi; \
+	fi
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	  else echo "chromium missing: install Debian's chromium and chromium-driver packages (needs root)"; exit 1; fi; \
 	fi
 
 services:  ## start the real Kafka + Elasticsearch (safe to call twice)

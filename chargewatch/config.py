@@ -164,8 +164,9 @@ class DashboardConfig:
     # A login lasts this long; cookies carry the Secure flag when true (set it behind HTTPS).
     session_hours: float = 8.0
     secure_cookies: bool = False
-    # Reverse proxies in front whose X-Forwarded-For/-Proto are trusted (0: use the peer address).
-    proxy_hops: int = 0
+    # Address of the reverse proxy in front, whose X-Forwarded-For/-Proto are trusted ("": none; the
+    # peer address is the client's, which is what login rate limits count).
+    trusted_proxy: str = ""
     # Failed logins allowed per client address within login_window_s; addresses tracked at most.
     login_attempts: int = 5
     login_window_s: float = 300.0
