@@ -181,6 +181,16 @@ class DashboardConfig:
 
 
 @dataclass(frozen=True)
+class ModelsConfig:
+    """The transaction anomaly models (models/): where their registry of versions lives."""
+
+    # Empty: the registry shipped in the package (models/registry, with a small promoted model;
+    # fine for development and trying things out). Deployments set a writable state directory,
+    # e.g. ~/.local/state/chargewatch/models, that `chargewatch models train|promote` write to.
+    registry_dir: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration."""
 
@@ -191,6 +201,7 @@ class Config:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
 
 
 T = TypeVar("T")

@@ -30,3 +30,7 @@ class ServiceError(ChargewatchError):
 
 class StoreError(ChargewatchError):
     """An alert store (Elasticsearch or the embedded SQLite store) refused an operation."""
+
+
+class ModelError(ChargewatchError):
+    """A model version in the registry cannot be used (names the version and what is wrong)."""

@@ -5,8 +5,16 @@
 :class:`TxUpdate`: the session it belongs to and the ``Energy.Active.Import.Register`` readings
 it carries, normalised to Wh. It holds no rule: the transaction rules
 (:mod:`detectors.transactions`), the correlation rules (:mod:`detectors.correlation`) and the
-model scorers of ``models/`` (per-session energy, duration and samples, from
-:meth:`Session.features`) all build on it.
+session features of the anomaly models (:mod:`models.features`) all build on it.
+
+Besides the register, each session keeps what the models need and costs a few float
+operations per reading: the longest gap between readings, the highest power implied by two
+consecutive readings, the last time the register rose (idle time after it), how far the
+register fell in total, and whether a remote start (1.6 RemoteStartTransaction for the same
+idTag shortly before, 2.x triggerReason RemoteStart or a remoteStartId) opened it. Measured
+``Power.Active.Import`` samples (W or kW, 2.x multipliers, phases summed when no total is
+given) are read only by trackers built with ``power=True`` (the models' features), never on
+the rules' hot path.
 
 Register baselines: readings are compared in the order of the charge point's own clock; a
 reading stamped before the latest one is history repeated (a 2.x Ended event may list the
@@ -23,14 +31,22 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from chargewatch.model import Direction, MessageType, OcppMessage, as_object
+from chargewatch.model import Direction, MessageType, OcppMessage, as_object, payload_id_tag
 from detectors.ocpptime import parse_time
 
 REGISTER = "Energy.Active.Import.Register"
+POWER = "Power.Active.Import"
 UNIT_WH = {"Wh": 1.0, "kWh": 1000.0}
+UNIT_W = {"W": 1.0, "kW": 1000.0}
 REMOTE_STOPS = frozenset({"RemoteStopTransaction", "RequestStopTransaction"})
+REMOTE_STARTS = frozenset({"RemoteStartTransaction", "RequestStartTransaction"})
 TRACKED = frozenset({"StartTransaction", "StopTransaction", "MeterValues", "TransactionEvent",
-                     "BootNotification"}) | REMOTE_STOPS
+                     "BootNotification"}) | REMOTE_STOPS | REMOTE_STARTS
+MIN_INTERVAL_S = 60.0  # implied power divides by at least this: rounding over seconds is no power peak
+RISING_W = 100.0  # implied power at or above this counts as charging (below: idle, trickle, rounding)
+DROP_TOLERANCE_WH = 1.0  # a fall of the register this small is rounding, not a drop
+REMOTE_START_WINDOW_S = 600.0  # a 1.6 start this soon after a remote start for its idTag is that remote start
+MAX_REMOTE_STARTS = 64  # remote starts remembered per charge point
 CALL, CALLRESULT = int(MessageType.CALL), int(MessageType.CALLRESULT)
 NUMBERS = (int, float)  # a tuple: isinstance() with it is faster than with int | float
 CP_TO_CSMS = Direction.CP_TO_CSMS
@@ -75,6 +91,13 @@ class Session:
     meter_stop_wh: float | None = None
     stop_reason: str | None = None
     fired: set[str] = field(default_factory=set)  # rules already raised for it (one alert each)
+    version: str | None = None  # OCPP version of the message that opened it
+    remote_start: bool = False  # opened by a remote start (see the module docstring)
+    max_gap_s: float = 0.0  # longest time between two consecutive readings (charge point clock)
+    peak_implied_w: float | None = None  # highest power implied by two consecutive readings
+    peak_measured_w: float | None = None  # highest Power.Active.Import sample (trackers with power=True)
+    last_rise_at: float | None = None  # charge point time of the latest reading that found it charging
+    drop_wh: float = 0.0  # total fall of the register between consecutive readings
 
     @property
     def open(self) -> bool:
@@ -152,10 +175,12 @@ def meter_readings(meter_values: Any, version: str | None) -> list[tuple[float |
 class TransactionTracker:
     """The transactions of one charge point (bounded: the latest max_sessions)."""
 
-    def __init__(self, max_sessions: int = 16) -> None:
+    def __init__(self, max_sessions: int = 16, power: bool = False) -> None:
         self.max_sessions = max_sessions
+        self.power = power  # also read Power.Active.Import samples (Session.peak_measured_w)
         self.sessions: OrderedDict[str, Session] = OrderedDict()
         self._pending: dict[str, OcppMessage] = {}  # CALLs awaiting their result, oldest first
+        self._remote_starts: OrderedDict[str, float] = OrderedDict()  # idTag -> time of its remote start
 
     def observe(self, msg: OcppMessage) -> TxUpdate | None:
         """Apply one message; the session update it makes, if any."""
@@ -177,12 +202,16 @@ class TransactionTracker:
                 for session in self.sessions.values():
                     if session.open:
                         session.remote_stop_ts = msg.ts
+            elif action in REMOTE_STARTS:
+                self._remote_start(msg, body)
             return None
         if action == "MeterValues":  # the most frequent, first
             tx_id = body.get("transactionId")
             if tx_id is None:
                 return None
             session = self._session(msg, str(tx_id), body.get("connectorId"), None)
+            if self.power:
+                self._measure(session, body.get("meterValue"), "1.6")
             return TxUpdate(session, "meter", self._read(session, meter_readings(body.get("meterValue"), "1.6")))
         if action == "BootNotification":
             for session in self.sessions.values():
@@ -217,6 +246,7 @@ class TransactionTracker:
             return None
         session = self._new(request, str(body["transactionId"]), _int(req.get("connectorId")), req.get("idTag"))
         session.status = as_object(body.get("idTagInfo")).get("status")
+        session.remote_start = self._was_remote_start(session.id_tag, request.ts)
         session.started_at = parse_time(req.get("timestamp"))
         start = _number(req.get("meterStart"))
         session.meter_start_wh = start
@@ -239,6 +269,11 @@ class TransactionTracker:
                                           values[0][1] if values else None)
         else:
             session = self._session(msg, tx_id, evse, token)
+        if (body.get("triggerReason") == "RemoteStart" or info.get("remoteStartId") is not None
+                or (event == "Started" and self._was_remote_start(session.id_tag, msg.ts))):
+            session.remote_start = True
+        if self.power:
+            self._measure(session, body.get("meterValue"), msg.ocpp_version)
         readings = self._read(session, values)
         if event == "Ended":
             end = next((wh for _, wh, ctx in reversed(values) if ctx == "Transaction.End"), None)
@@ -251,12 +286,41 @@ class TransactionTracker:
         """Readings in message order, each with the baseline it must not fall below."""
         out = []
         for at, wh, context in values:
-            history = at is not None and session.last_at is not None and at < session.last_at
-            out.append(Reading(at, wh, None if history else session.last_wh, context))
+            last_at, last_wh = session.last_at, session.last_wh
+            history = at is not None and last_at is not None and at < last_at
+            out.append(Reading(at, wh, None if history else last_wh, context))
             if not history:
+                if last_wh is not None and wh < last_wh - DROP_TOLERANCE_WH:
+                    session.drop_wh += last_wh - wh
+                if at is not None and last_at is not None:
+                    _interval(session, at, at - last_at, wh, last_wh)
                 session.last_wh, session.last_at = wh, at
                 session.samples += 1
         return tuple(out)
+
+    def _measure(self, session: Session, meter_values: Any, version: str | None) -> None:
+        """Raise the session's measured peak power with the message's Power.Active.Import samples."""
+        power = meter_power_w(meter_values, version)
+        if power is not None and (session.peak_measured_w is None or power > session.peak_measured_w):
+            session.peak_measured_w = power
+
+    def _remote_start(self, msg: OcppMessage, body: dict[str, Any]) -> None:
+        tag = payload_id_tag(body)
+        if tag is not None:
+            self._remote_starts.pop(tag, None)
+            self._remote_starts[tag] = msg.ts
+            while len(self._remote_starts) > MAX_REMOTE_STARTS:
+                del self._remote_starts[next(iter(self._remote_starts))]
+
+    def _was_remote_start(self, tag: str | None, ts: float) -> bool:
+        """A remote start for tag came shortly before ts (it is used up: one start per command)."""
+        if tag is None:
+            return False
+        sent = self._remote_starts.get(tag)
+        if sent is None or not 0.0 <= ts - sent <= REMOTE_START_WINDOW_S:
+            return False
+        del self._remote_starts[tag]
+        return True
 
     def _end(self, session: Session, msg: OcppMessage, at: float | None, stop: float | None, reason: Any) -> None:
         if session.ended_ts is None:
@@ -274,13 +338,67 @@ class TransactionTracker:
     def _new(self, msg: OcppMessage, tx_id: str, connector: int | None, id_tag: Any,
              seen_start: bool = True) -> Session:
         session = Session(tx_id, msg.charge_point_id, connector, id_tag if isinstance(id_tag, str) else None,
-                          seen_start, msg.ts, msg.message_id, msg.connection_id)
+                          seen_start, msg.ts, msg.message_id, msg.connection_id, version=msg.ocpp_version)
         self.sessions.pop(tx_id, None)
         self.sessions[tx_id] = session
         while len(self.sessions) > self.max_sessions:
             oldest = next((k for k, s in self.sessions.items() if not s.open), next(iter(self.sessions)))
             del self.sessions[oldest]
         return session
+
+
+def meter_power_w(meter_values: Any, version: str | None) -> float | None:
+    """The highest total active import power of a meterValue list in W, None when it has none.
+
+    A sampledValue without phase is the total; without one, the per-phase values of the entry
+    are summed. Units W or kW (1.6 ``unit``, 2.x ``unitOfMeasure`` with its multiplier); a
+    missing unit reads as W. Signed data and meters other than the outlet's are skipped.
+    """
+    best: float | None = None
+    for entry in meter_values if isinstance(meter_values, list) else ():
+        sampled_values = entry.get("sampledValue") if isinstance(entry, dict) else None
+        total, phases = None, None
+        for sampled in sampled_values if isinstance(sampled_values, list) else ():
+            watts = _power_sample_w(sampled, version)
+            if watts is None:
+                continue
+            if sampled.get("phase") is None:
+                total = watts
+            else:
+                phases = watts + (phases or 0.0)
+        value = total if total is not None else phases
+        if value is not None and (best is None or value > best):
+            best = value
+    return best
+
+
+def _power_sample_w(sampled: Any, version: str | None) -> float | None:
+    if not isinstance(sampled, dict) or sampled.get("measurand") != POWER:
+        return None
+    if sampled.get("location", "Outlet") != "Outlet" or sampled.get("format") == "SignedData":
+        return None
+    if version == "1.6":
+        unit, scale = sampled.get("unit", "W"), 0
+    else:
+        measure = as_object(sampled.get("unitOfMeasure"))
+        unit, scale = measure.get("unit", "W"), measure.get("multiplier", 0)
+    factor = UNIT_W.get(unit) if isinstance(unit, str) else None
+    value = _number(sampled.get("value"))
+    if factor is None or value is None or not isinstance(scale, int) or isinstance(scale, bool):
+        return None
+    return value * factor * 10.0**scale
+
+
+def _interval(session: Session, at: float, gap: float, wh: float, last_wh: float | None) -> None:
+    """Gap, implied power and charging state of the interval ending with a reading at ``at``."""
+    session.max_gap_s = max(session.max_gap_s, gap)
+    if last_wh is None:
+        return
+    power = (wh - last_wh) * 3600.0 / (gap if gap > MIN_INTERVAL_S else MIN_INTERVAL_S)
+    if session.peak_implied_w is None or power > session.peak_implied_w:
+        session.peak_implied_w = power
+    if power >= RISING_W:
+        session.last_rise_at = at
 
 
 def _number(value: Any) -> float | None:

@@ -21,7 +21,7 @@ from chargewatch.errors import ChargewatchError
 #: Subcommand name -> the module that defines it (``add_parser(sub)``, ``run(args, config)``).
 COMMANDS = {name: f"chargewatch.cli.{name}" for name in
             ("analyze", "collect", "detect", "index", "setup", "pseudonym", "status", "proxy", "dashboard",
-             "alerts", "timeline", "export", "triage")}
+             "alerts", "timeline", "export", "triage", "models", "features")}
 _VALUED_OPTIONS = ("--config",)  # global options that take a value (to find the subcommand in argv)
 
 
