@@ -15,59 +15,17 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from chargewatch.alerts import Alert
-from chargewatch.embedded import AnalysisResult, analyze
-from chargewatch.model import ConnectionEvent
 from detectors.policy import load_policy
 from detectors.rules import Rule, apply_overrides, load_rules
-from tests.attacks import ATTACKS, CATEGORIES, Expectation, attack_fleet, attack_plan
-from tests.livefleet import POLICY, FleetRun, Injection, acceptance_config, csms_port, record_fleet, require_root
+from tests.attacks import ATTACKS, CATEGORIES, Expectation
+from tests.conftest import AttackCapture
+from tests.livefleet import POLICY, Injection
 
 pytestmark = pytest.mark.root
-
-@dataclass
-class AttackCapture:
-    path: Path
-    manifest: Path
-    run: FleetRun
-    result: AnalysisResult
-    upgrades: list[ConnectionEvent]
-
-
-def write_manifest(path: Path, injections: list[Injection]) -> list[dict[str, object]]:
-    """One entry per attack: what it is, what must fire, where and when it was injected."""
-    by_attack: dict[str, list[Injection]] = defaultdict(list)
-    for injection in injections:
-        by_attack[injection.attack].append(injection)
-    entries: list[dict[str, object]] = []
-    for attack, expectation in ATTACKS.items():
-        done = by_attack.get(attack, [])
-        entries.append({"attack": attack, "category": expectation.category, "rule": expectation.rule,
-                        "pending": expectation.pending, "what": expectation.what,
-                        "charge_points": sorted({i.charge_point for i in done}),
-                        "message_ids": [i.message_id for i in done if i.message_id],
-                        "first_ts": min((i.ts for i in done), default=None),
-                        "last_ts": max((i.ts for i in done), default=None)})
-    path.write_text(json.dumps(entries, indent=1) + "\n", encoding="utf-8")
-    return entries
-
-
-@pytest.fixture(scope="session")
-def attack_capture(tmp_path_factory: pytest.TempPathFactory) -> AttackCapture:
-    require_root()
-    path = tmp_path_factory.mktemp("scenarios") / "attacks.pcap"
-    run = record_fleet(path, attack_fleet, port=csms_port(), plan=attack_plan())
-    manifest = path.with_suffix(".manifest.json")
-    write_manifest(manifest, run.injections)
-    upgrades: list[ConnectionEvent] = []
-    result = analyze([path], acceptance_config(), on_record=lambda r: upgrades.append(r) if isinstance(
-        r, ConnectionEvent) and r.kind == "upgrade" else None)
-    return AttackCapture(path, manifest, run, result, upgrades)
 
 
 def test_attack_capture_decodes_completely(attack_capture: AttackCapture) -> None:

@@ -23,9 +23,11 @@ the same edits). Then, in that stream:
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -264,18 +266,38 @@ def recompress(text: bytes, history: bytes, size: int) -> bytes | None:
     The redacted text has the original's length, so the receiver's window stays aligned and the
     sender's later messages still inflate (what they copy from a redacted value reads ``*``).
     zlib settings are tried until one compresses to at most size bytes with a difference that
-    blocks inflating to nothing can fill (:func:`_filler`).
+    blocks inflating to nothing can fill (:func:`_filler`). Such blocks cannot fill every
+    difference (not 1-4 bytes, nor 4 more than a multiple of 5), so when no setting fits, the text
+    is also compressed as two blocks, cut at up to ``SPLITS`` places: a block boundary moves the
+    length by a few bits, which is enough to reach one that fits.
     """
-    for level, strategy, mem_level in _SETTINGS:
-        extra = {"zdict": history} if history else {}
-        packer = zlib.compressobj(level, zlib.DEFLATED, -15, mem_level, strategy, **extra)
-        out = packer.compress(text) + packer.flush(zlib.Z_SYNC_FLUSH)  # ends with 00 00 ff ff
+    for out in _compressed(text, history):  # each ends with 00 00 ff ff
         if len(out) - 4 == size:
             return out[:-4]  # the receiver adds the 00 00 ff ff back
         filler = _filler(size - len(out))
         if filler is not None:
             return out + filler
     return None
+
+
+SPLITS = 256  # cut points tried per setting when no whole-message compression fits ...
+SPLIT_BUDGET = 1 << 20  # ... fewer for long messages: at most this many bytes compressed per setting
+
+
+def _compressed(text: bytes, history: bytes) -> Iterator[bytes]:
+    """text deflated with each of _SETTINGS, then as two blocks cut at one of SPLITS places, with
+    each of _SPLIT_SETTINGS: the first block ends where its last bit does (Z_BLOCK), or is
+    followed by an empty one (Z_PARTIAL_FLUSH)."""
+    extra = {"zdict": history} if history else {}
+    for level, strategy, mem_level in _SETTINGS:
+        packer = zlib.compressobj(level, zlib.DEFLATED, -15, mem_level, strategy, **extra)
+        yield packer.compress(text) + packer.flush(zlib.Z_SYNC_FLUSH)
+    for (level, strategy, mem_level), mode in itertools.product(_SPLIT_SETTINGS, (zlib.Z_BLOCK, zlib.Z_PARTIAL_FLUSH)):
+        cuts = max(2, min(SPLITS, SPLIT_BUDGET // max(1, len(text))))
+        for cut in range(1, len(text), max(1, len(text) // cuts)):
+            packer = zlib.compressobj(level, zlib.DEFLATED, -15, mem_level, strategy, **extra)
+            yield (packer.compress(text[:cut]) + packer.flush(mode) + packer.compress(text[cut:])
+                   + packer.flush(zlib.Z_SYNC_FLUSH))
 
 
 def _filler(length: int) -> bytes | None:
@@ -298,6 +320,7 @@ _EMPTY_STORED_BLOCK = b"\x00\x00\x00\xff\xff"  # header bits 000 + padding, LEN 
 _SETTINGS = [(level, strategy, mem_level) for level in (9, 6, 4, 2, 1)
              for strategy in (zlib.Z_DEFAULT_STRATEGY, zlib.Z_FILTERED, zlib.Z_RLE, zlib.Z_FIXED, zlib.Z_HUFFMAN_ONLY)
              for mem_level in (8, 9, 5, 2)]
+_SPLIT_SETTINGS = _SETTINGS[:4]  # level 9, default strategy: the smallest output, with room for a filler
 
 
 def _unmask(data: bytes | bytearray, mask: bytes | None) -> bytes:
