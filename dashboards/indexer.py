@@ -22,10 +22,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from chargewatch.alerts import Alert
 from chargewatch.config import Config
@@ -39,6 +40,7 @@ from chargewatch.store.es_retention import RetentionSweeper
 from detectors.policy import Policy, load_policy
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WHAT = ("all", "alerts", "messages")
 BATCH = 1_000
@@ -66,13 +68,16 @@ class Sites:
         return out
 
 
-class IndexerStage:
-    """Buffers a batch of alerts and stores them on flush."""
+class _BufferingStage(ABC, Generic[T]):
+    """One consumer loop's stage: parses each Kafka record into a batch (what does not parse is
+    counted and logged, never fatal) and writes the batch on flush (subclasses say how)."""
+
+    what = "record"  # for the log line of a record that does not parse
+    errors: tuple[type[Exception], ...] = (ValueError, TypeError)
 
     def __init__(self, store: ElasticAlertStore, faults: FaultPoints, sites: Sites) -> None:
         self.store, self.faults, self.sites = store, faults, sites
-        self._batch: list[Alert] = []
-        self.indexed = 0
+        self._batch: list[T] = []
         self.bad_records = 0
 
     def assigned(self, partitions: set[Any]) -> None:
@@ -81,46 +86,57 @@ class IndexerStage:
     def revoked(self, partitions: set[Any]) -> None:
         return None
 
+    @abstractmethod
+    def parse(self, value: bytes) -> T:
+        """One Kafka record value as what this stage writes (raises one of ``errors`` if it is not)."""
+
     def handle(self, tp: Any, records: list[Any]) -> None:
         for rec in records:
             try:
-                self._batch.append(Alert.from_document(json.loads(rec.value)))
-            except (ValueError, KeyError, TypeError) as exc:
+                self._batch.append(self.parse(rec.value))
+            except self.errors as exc:
                 self.bad_records += 1
-                log.error("%s/%s@%s: not an alert document, skipped: %s", rec.topic, rec.partition, rec.offset, exc)
+                log.error("%s/%s@%s: not %s, skipped: %s", rec.topic, rec.partition, rec.offset, self.what, exc)
+
+    def take(self) -> list[T]:
+        batch, self._batch = self._batch, []
+        return batch
+
+
+class IndexerStage(_BufferingStage[Alert]):
+    """Buffers a batch of alerts and stores them on flush."""
+
+    what = "an alert document"
+    errors = (ValueError, KeyError, TypeError)
+
+    def __init__(self, store: ElasticAlertStore, faults: FaultPoints, sites: Sites) -> None:
+        super().__init__(store, faults, sites)
+        self.indexed = 0
+
+    def parse(self, value: bytes) -> Alert:
+        return Alert.from_document(json.loads(value))
 
     def flush(self) -> None:
-        batch, self._batch = self._batch, []
+        batch = self.take()
         self.indexed += self.store.put_alerts(batch, sites=self.sites.of(a.charge_point_id for a in batch))
         self.faults.hit("alerts_indexed")
 
 
-class ArchiveStage:
+class ArchiveStage(_BufferingStage[Record]):
     """Buffers a batch of records and archives them (with the asset updates) on flush."""
 
+    what = "a Chargewatch record"
+    errors = (DecodeError, ValueError, TypeError, AttributeError)
+
     def __init__(self, store: ElasticAlertStore, faults: FaultPoints, sites: Sites) -> None:
-        self.store, self.faults, self.sites = store, faults, sites
-        self._batch: list[Record] = []
+        super().__init__(store, faults, sites)
         self.archived = 0
-        self.bad_records = 0
 
-    def assigned(self, partitions: set[Any]) -> None:
-        return None
-
-    def revoked(self, partitions: set[Any]) -> None:
-        return None
-
-    def handle(self, tp: Any, records: list[Any]) -> None:
-        for rec in records:
-            try:
-                self._batch.append(record_from_dict(json.loads(rec.value)))
-            except (DecodeError, ValueError, TypeError, AttributeError) as exc:
-                self.bad_records += 1
-                log.error("%s/%s@%s: not a Chargewatch record, not archived: %s", rec.topic, rec.partition,
-                          rec.offset, exc)
+    def parse(self, value: bytes) -> Record:
+        return record_from_dict(json.loads(value))
 
     def flush(self) -> None:
-        batch, self._batch = self._batch, []
+        batch = self.take()
         self.archived += self.store.put_records(batch, self.sites.of(r.charge_point_id for r in batch))
         self.faults.hit(ARCHIVE_POINT)
 

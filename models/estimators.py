@@ -29,6 +29,7 @@ a long idle time) each look harmless when the other stays extreme.
 from __future__ import annotations
 
 import warnings
+from abc import ABC, abstractmethod
 from typing import Any, Self
 
 import numpy as np
@@ -46,8 +47,9 @@ MIN_SCALE = 0.05  # smallest scale of a design column in robust z-scores
 CONTEXT = frozenset({"rated_power_w"})  # what a session is, not what it did: never named by explain()
 
 
-class SessionDetector(BaseEstimator):  # type: ignore[misc]  # sklearn ships no type hints
-    """Shared mechanics: validation, imputation, micro-batches, explanations."""
+class SessionDetector(BaseEstimator, ABC):  # type: ignore[misc]  # sklearn ships no type hints
+    """Shared mechanics: validation, imputation, micro-batches, explanations; each model
+    provides how it fits and scores the design matrix (``_fit_design``, ``_score_design``)."""
 
     batch_size: int
 
@@ -105,11 +107,13 @@ class SessionDetector(BaseEstimator):  # type: ignore[misc]  # sklearn ships no 
     def _groups(self, X: pd.DataFrame | np.ndarray, n: int) -> np.ndarray | None:
         return None
 
+    @abstractmethod
     def _fit_design(self, design: np.ndarray, X: pd.DataFrame | np.ndarray) -> None:
-        raise NotImplementedError
+        """Learn the model's state from the imputed, scaled design matrix."""
 
+    @abstractmethod
     def _score_design(self, design: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
-        raise NotImplementedError
+        """Anomaly scores of the design rows (higher = more anomalous)."""
 
 
 class IsolationForestDetector(SessionDetector):
