@@ -13,12 +13,31 @@ demo: install  ## analyze the shipped sample capture with the embedded default (
 # of every `chargewatch` command).
 COMPILE = $(PYTHON) -m compileall -q chargewatch collectors detectors dashboards models >/dev/null
 
+# The native capture front end (Rust + PyO3, native/): built when Rust's cargo is there (rustup
+# puts it in ~/.cargo/bin); without it chargewatch reads captures with its Python decoder, which
+# gives the same results, slower. `make test` requires it (NATIVE_REQUIRED=1): its tests check it
+# against the Python decoder.
+NATIVE_REQUIRED ?= 0
+CARGO_PATH = $(HOME)/.cargo/bin:$(PATH)
+define NATIVE
+	@if PATH="$(CARGO_PATH)" command -v cargo >/dev/null 2>&1; then \
+	  PATH="$(CARGO_PATH)" $(PIP) install -q ./native; \
+	elif [ "$(1)" = 1 ]; then \
+	  echo "error: Rust's cargo is needed to build native/ (install it with rustup)"; exit 1; \
+	else \
+	  echo "note: Rust's cargo not found: chargewatch reads captures with its Python decoder (slower)."; \
+	  echo "      Install Rust (rustup) and run 'make install' again for the native one."; \
+	fi
+endef
+
 install:
 	$(PIP) install -q -e .
+	$(call NATIVE,$(NATIVE_REQUIRED))
 	$(COMPILE)
 
 install-dev:
 	$(PIP) install -q -e '.[dev]'
+	$(call NATIVE,1)
 	$(COMPILE)
 
 system-deps:  ## tshark for the benchmark, libpcap for live capture, chromium + chromedriver for the dashboard test (Debian, as root)
@@ -42,6 +61,7 @@ services-down:
 lint:
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m mypy
+	cd native && PATH="$(CARGO_PATH)" cargo fmt --check && PATH="$(CARGO_PATH)" cargo clippy -q --release -- -D warnings
 
 unit:
 	$(PYTHON) -m pytest -m "not services" -q
@@ -54,7 +74,8 @@ bench:  ## full benchmarks: analyze vs tshark on a 120k-packet capture; detector
 # The whole suite: installs, starts the real services, runs everything, stops them.
 test: install-dev system-deps lint
 	@set -e; $(PYTHON) -m chargewatch.devstack up; \
-	status=0; $(PYTHON) -m pytest -q || status=$$?; \
+	status=0; (cd native && PATH="$(CARGO_PATH)" cargo test -q --release) || status=$$?; \
+	$(PYTHON) -m pytest -q || status=$$?; \
 	$(PYTHON) bench/bench_analyze.py --smoke || status=$$?; \
 	$(PYTHON) bench/bench_detectors.py --smoke || status=$$?; \
 	$(PYTHON) bench/bench_proxy.py --smoke || status=$$?; \
@@ -62,4 +83,4 @@ test: install-dev system-deps lint
 	exit $$status
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache native/target

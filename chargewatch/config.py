@@ -64,11 +64,18 @@ class RedactionConfig:
     key_file: str = "~/.local/state/chargewatch/pseudonym.key"
 
 
+#: OCPP log formats the log reader knows (collectors.logformats), besides pcap/pcapng captures.
+LOG_FORMATS = ("jsonl", "ocpp-lib", "steve")
+
+
 @dataclass(frozen=True)
 class CollectorConfig:
     """Collector settings: decoding limits, where counters go."""
 
     max_message_bytes: int = 1_048_576
+    # Which code reads classic pcap files: auto (the native front end when the chargewatch-native
+    # extension is installed, else Python), native (refuse to run without it) or python.
+    pcap_decoder: str = "auto"
     # Ports are not required: any TCP stream that starts with a WebSocket upgrade is decoded.
     # Where long-running collectors write their counters (read by `chargewatch status`).
     status_dir: str = "~/.local/state/chargewatch/status"

@@ -14,6 +14,7 @@ from chargewatch.errors import CaptureError
 from chargewatch.model import Record, key_function
 from chargewatch.redaction import Redactor
 from collectors.pcap import read_capture
+from collectors.pcapfile import PCAP_MAGICS, PCAPNG_MAGIC
 from collectors.stats import CollectorStats, DeadLetter
 from detectors.policy import load_policy
 from detectors.rules import apply_overrides, load_rules
@@ -121,17 +122,18 @@ def read_all(paths: list[Path], config: Config, sink: _Sink, result: AnalysisRes
              after_batch: Callable[[], None] | None = None) -> None:
     """Decode paths into sink, counting into result (a share of the charge points when parallel);
     after_batch runs each time the sink has been handed a batch of records."""
-    from collectors.logs import is_log_file, read_log  # on first use: captures are the common case
-
     redactor = Redactor(resolve_redaction_key(config.redaction), enabled=config.redaction.enabled)
     batch = _Batch(sink, BATCH_RECORDS, after_batch)
+    fmt = config.collector.input_format
     for path in paths:
         try:
-            if is_log_file(path, config.collector.input_format):  # not a pcap/pcapng: an OCPP log
-                stats = read_log(path, batch, redactor, load_catalog(), config.collector, progress, share)
-            else:
+            if _is_capture(path, fmt) or not _is_log(path, fmt):
                 stats = read_capture(path, batch, redactor, load_catalog(), config.collector.max_message_bytes,
-                                     progress, share)
+                                     progress, share, config.collector.pcap_decoder)
+            else:
+                from collectors.logs import read_log
+
+                stats = read_log(path, batch, redactor, load_catalog(), config.collector, progress, share)
         except CaptureError as exc:
             if share[0] == 0:
                 result.unreadable.append(str(exc))
@@ -140,3 +142,25 @@ def read_all(paths: list[Path], config: Config, sink: _Sink, result: AnalysisRes
         finally:  # what was decoded before an error is detected on too; the next file starts clean
             batch.flush()
         result.stats.merge(stats)
+
+
+def _is_log(path: Path, fmt: str) -> bool:
+    """The log reader's verdict (it raises CaptureError for a file that is neither)."""
+    from collectors.logs import is_log_file  # on first use: captures are the common case
+
+    return is_log_file(path, fmt)
+
+
+def _is_capture(path: Path, fmt: str) -> bool:
+    """Whether path goes to the capture reader without asking the log reader: input format
+    ``pcap``, or ``auto`` and the magic bytes of pcap/pcapng."""
+    if fmt == "pcap":
+        return True
+    if fmt != "auto":
+        return False
+    try:
+        with path.open("rb") as handle:
+            magic = handle.read(4)
+    except OSError:
+        return False  # the log reader's check reports it as usual
+    return magic in PCAP_MAGICS or magic == PCAPNG_MAGIC

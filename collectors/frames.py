@@ -52,13 +52,38 @@ class DecodeContext:
     share_index: int = 0
     share_count: int = 1
 
+    def __post_init__(self) -> None:
+        self._bounds = share_bounds(self.share_index, self.share_count)
+
     @property
     def primary(self) -> bool:
         return self.share_index == 0
 
     def owns(self, cp_id: str) -> bool:
         """Whether this process decodes the connections of charge point cp_id."""
-        return self.share_count == 1 or zlib.crc32(cp_id.encode()) % self.share_count == self.share_index
+        if self.share_count == 1:
+            return True
+        low, high = self._bounds
+        return low <= zlib.crc32(cp_id.encode()) % SHARE_BUCKETS < high
+
+
+#: Charge points are split over the shares of a parallel analysis by a hash of their identity
+#: into this many buckets, in contiguous ranges.
+SHARE_BUCKETS = 1 << 16
+#: Share 0 (the parent process) also merges the other shares' correlation records and runs the
+#: correlation stages: it takes this fraction of a full share of the charge points. 0.85 balances
+#: the two processes on the benchmark capture (``bench/bench_analyze.py``).
+PRIMARY_WEIGHT = 0.85
+
+
+def share_bounds(index: int, count: int) -> tuple[int, int]:
+    """The bucket range [low, high) of share index of count."""
+    total = PRIMARY_WEIGHT + (count - 1)
+
+    def edge(i: int) -> int:
+        return SHARE_BUCKETS if i >= count else round(SHARE_BUCKETS * (PRIMARY_WEIGHT + i - 1) / total) if i else 0
+
+    return edge(index), edge(index + 1)
 
 
 class MessageBuilder:

@@ -23,10 +23,11 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from chargewatch.config import LOG_FORMATS
 from chargewatch.errors import ConfigError, DecodeError
 from chargewatch.model import version_from_subprotocol
 
-FORMATS = ("jsonl", "ocpp-lib", "steve")
+FORMATS = LOG_FORMATS
 EPOCH_MS_ABOVE = 1e11  # a numeric ts above this is in milliseconds (1e11 s is the year 5138)
 
 Endpoint = tuple[str, int]

@@ -11,6 +11,7 @@ path, which is the reference behaviour the fast path must match.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from collectors.arp import ArpTracker
@@ -45,6 +46,11 @@ class PacketProcessor:
         # Packet-level counters belong to share 0 of a parallel analysis; the others count into scratch.
         self.stats = ctx.stats if ctx.primary else CollectorStats()
         self.arp = ArpTracker(ctx, self.stats)
+        # Set by a front end that can drop a connection's data segments before they reach Python
+        # (``ignore(key)``: that flow and its reverse, until their next SYN, FIN or RST) and must
+        # hear when such a connection is gone (``unignore(key)``).
+        self.ignore: Callable[[bytes], None] | None = None
+        self.unignore: Callable[[bytes], None] | None = None
 
     def packet(self, number: int, ts: float, linktype: int, data: bytes) -> None:
         """Process one captured frame (number is its 1-based index in the source)."""
@@ -67,6 +73,11 @@ class PacketProcessor:
             return
         if not payload and not flags & _CONTROL:
             return  # a bare ACK changes nothing, whatever connection it belongs to
+        self.segment(number, ts, key, seq, flags, payload, ttl)
+
+    def segment(self, number: int, ts: float, key: bytes, seq: int, flags: int, payload: bytes, ttl: int) -> None:
+        """Process one parsed TCP segment (not a bare ACK) of packet number; its packet is
+        already counted (the native front end parses, counts and calls this)."""
         conn = self.connections.get(key)
         if conn is None or flags & _CONTROL:
             self._general(conn, key, seq, flags, payload, ts, number, ttl)
@@ -76,7 +87,11 @@ class PacketProcessor:
             self._payload(conn, key, seq, payload, ts, number, ttl)
             return
         if decoder.state == "foreign":
-            return  # another process of a parallel analysis decodes this connection
+            # Another process of a parallel analysis decodes this connection; the native front
+            # end can drop its data before it reaches Python.
+            if self.ignore is not None:
+                self.ignore(key)
+            return
         half = conn.halves.get(key)
         if half is not None and half.advance(seq, len(payload)):
             decoder.feed(key == conn.client, payload, ts, number, ttl, False)
@@ -146,6 +161,8 @@ class PacketProcessor:
             decoder.close(ts, observed)
         for key in conn.keys:
             self.connections.pop(key, None)
+        if self.unignore is not None:
+            self.unignore(conn.keys[0])
 
     def finish(self, ts: float) -> None:
         """End of input: flush every connection still open (not reported as closed)."""

@@ -13,11 +13,24 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-_apply_mask: Callable[[bytes, bytes], bytes] | None
-try:  # the C helper of the websockets library; pure Python fallback below
-    from websockets.speedups import apply_mask as _apply_mask
-except ImportError:  # pragma: no cover - websockets is a dependency, speedups may be absent
-    _apply_mask = None
+
+def _native_mask() -> Callable[[bytes, bytes], bytes] | None:
+    """Our native extension's unmask (collectors.native), else the websockets library's C helper."""
+    try:
+        from chargewatch_native import unmask
+
+        return unmask
+    except ImportError:
+        pass
+    try:
+        from websockets.speedups import apply_mask
+
+        return apply_mask
+    except ImportError:  # pragma: no cover - websockets is a dependency, speedups may be absent
+        return None
+
+
+_apply_mask = _native_mask()
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 DEFLATE_TAIL = b"\x00\x00\xff\xff"

@@ -12,11 +12,9 @@ from pathlib import Path
 from typing import TextIO
 
 from chargewatch.alerts import SEVERITY_NAMES, iso_time
-from chargewatch.config import Config, with_overrides
+from chargewatch.config import LOG_FORMATS, Config, with_overrides
 from chargewatch.embedded import AnalysisResult, analyze
 from chargewatch.model import Record
-from chargewatch.store.sqlite import SqliteAlertStore
-from collectors.logformats import FORMATS as LOG_FORMATS
 from detectors.policy import Policy, load_policy
 
 PARALLEL_MIN_BYTES = 4 << 20  # below this, starting workers costs more than it saves
@@ -87,6 +85,8 @@ class _Archiver:
     BATCH = 5000
 
     def __init__(self, path: Path, config: Config) -> None:
+        from chargewatch.store.sqlite import SqliteAlertStore  # only with --store
+
         self.store = SqliteAlertStore(path)
         policy_file = config.detector.policy_file
         self.policy: Policy = load_policy(Path(policy_file).expanduser() if policy_file else None)

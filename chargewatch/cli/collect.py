@@ -70,7 +70,8 @@ def run_pcap(args: argparse.Namespace, config: Config) -> int:
             if ends is not None and args.state_file:  # where this file's records begin in Kafka
                 save_state(args.state_file, ledger | {"kafka": ends.ends()})
             try:
-                total.merge(read_capture(path, counted, redactor, load_catalog(), config.collector.max_message_bytes))
+                total.merge(read_capture(path, counted, redactor, load_catalog(), config.collector.max_message_bytes,
+                                         decoder=config.collector.pcap_decoder))
             except CaptureError as exc:
                 print(f"chargewatch: {exc}", file=sys.stderr)
                 failed += 1

@@ -1,0 +1,89 @@
+"""The optional native capture front end (the ``chargewatch-native`` Rust extension in native/).
+
+It reads classic pcap files and parses, counts and drops in Rust what the Python path would
+parse, count and drop (bare ACKs, data of connections another process decodes); the rest
+reaches :class:`~collectors.streams.PacketProcessor` as parsed segments or, for anything off its
+fast path, as whole frames that the Python code handles as always. Python stays the reference:
+``tests/test_native_decoder.py`` checks that both give identical records, counters and dead
+letters. ``[collector] pcap_decoder`` picks one: ``auto`` (native when installed), ``native``
+(fail when it is not), ``python``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+from chargewatch.errors import ConfigError
+
+DECODERS = ("auto", "native", "python")
+#: Packets the native reader reads ahead and hands over at once.
+BATCH = 4096
+PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+
+# A parsed segment (number, ts, key, seq, flags, payload, ttl) or a whole frame (number, ts,
+# linktype, frame) for the Python path.
+NativeItem = tuple[int, float, bytes, int, int, bytes, int] | tuple[int, float, int, bytes]
+
+
+class NativeReader(Protocol):
+    """What :class:`chargewatch_native.PcapSegments` offers (see native/chargewatch_native.pyi)."""
+
+    @property
+    def position(self) -> int: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def packets(self) -> int: ...
+
+    @property
+    def frame_bytes(self) -> int: ...
+
+    @property
+    def last_ts(self) -> float: ...
+
+    @property
+    def problem(self) -> tuple[str, str] | None: ...
+
+    def __iter__(self) -> Iterator[list[NativeItem]]: ...
+
+    def ignore(self, key: bytes) -> None: ...
+
+    def unignore(self, key: bytes) -> None: ...
+
+
+def available() -> bool:
+    """Whether the native extension is installed (``make install`` builds it when cargo is there)."""
+    try:
+        import chargewatch_native  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def open_native(path: Path, decoder: str) -> NativeReader | None:
+    """A native reader for path, or None when the Python reader must read it (decoder
+    ``python``; ``auto`` without the extension; not a classic pcap file: pcapng, or a file the
+    Python reader reports as unreadable)."""
+    if decoder not in DECODERS:
+        raise ConfigError(f"[collector] pcap_decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+    if decoder == "python":
+        return None
+    try:
+        from chargewatch_native import PcapSegments
+    except ImportError as exc:
+        if decoder == "native":
+            raise ConfigError("[collector] pcap_decoder = \"native\" but the chargewatch-native extension is not "
+                              "installed (`make install` builds it; it needs Rust's cargo)") from exc
+        return None
+    try:
+        with path.open("rb") as handle:
+            if handle.read(4) not in PCAP_MAGICS:
+                return None
+    except OSError:
+        return None  # the Python reader raises the CaptureError users know
+    reader: NativeReader = PcapSegments(str(path), str(path), BATCH)
+    return reader

@@ -1,0 +1,256 @@
+"""The native capture front end (native/, ``chargewatch_native``) against the Python reference.
+
+Python stays the reference decoder: for every capture here, decoded whole and as each share of
+a parallel analysis, both paths must give the same records, dead letters and counters. The
+corpus: the shipped demo capture (real ``ocpp`` peers), a benchmark-style fleet with deflate,
+crafted captures of the cases the native side handles specially (port reuse of a connection
+another share decodes, within one batch and across batches; IPv6 and VLAN frames it leaves to
+Python; every way a file can end early; both byte orders, nanosecond timestamps) and a few
+hundred seeded mutants of them (header bytes flipped, packets cut, dropped, duplicated, swapped,
+files truncated).
+
+``make test`` builds the extension: a missing one fails here, it is not skipped.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import sys
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chargewatch.errors import ConfigError
+from collectors import native
+from collectors.frames import share_bounds
+from collectors.pcap import read_capture
+from collectors.pcapfile import CaptureReader
+from tests.collector_helpers import CATALOG, DEMO, REDACTOR, ListSink
+from tests.pcapgen import PcapWriter, TcpFlow, WsSession, ocpp_session
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_analyze import generate  # noqa: E402
+
+SHARES = [(0, 1), (0, 2), (1, 2)]
+HB = '[2,"{id}","Heartbeat",{{}}]'
+HB_RESULT = '[3,"{id}",{{"currentTime":"2024-01-01T00:00:00Z"}}]'
+BOOT = '[2,"{id}","BootNotification",{{"chargePointVendor":"V","chargePointModel":"M"}}]'
+
+
+def outcome(path: Path, decoder: str, share: tuple[int, int], max_message: int = 1 << 20) -> dict[str, Any]:
+    """Everything one decoder made of path: records, dead letters, counters."""
+    sink = ListSink()
+    stats = read_capture(path, sink, REDACTOR, CATALOG, max_message, share=share, decoder=decoder)
+    return {"records": [r.to_dict() for r in sink.records],
+            "dead_letters": [d.to_dict() for d in sink.dead_letters],
+            "stats": stats.to_dict()}
+
+
+def assert_same(path: Path, max_message: int = 1 << 20) -> list[dict[str, Any]]:
+    """Both decoders agree on path for every share; returns the native outcomes."""
+    found = []
+    for share in SHARES:
+        reference = outcome(path, "python", share, max_message)
+        ours = outcome(path, "native", share, max_message)
+        for part in ("stats", "dead_letters", "records"):
+            assert ours[part] == reference[part], f"{path.name} share {share}: {part} differ"
+        found.append(ours)
+    return found
+
+
+@pytest.fixture(params=[1, 3, 4096], ids=["batch1", "batch3", "batch4096"])
+def batch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """The native reader's batch size: items read ahead before Python handles any of them."""
+    monkeypatch.setattr(native, "BATCH", request.param)
+    return int(request.param)
+
+
+def test_the_extension_is_installed() -> None:
+    assert native.available(), "chargewatch_native is missing: `make install` builds it (needs Rust's cargo)"
+
+
+def test_decoder_setting_is_checked(tmp_path: Path) -> None:
+    assert native.open_native(DEMO, "python") is None
+    assert native.open_native(DEMO, "native") is not None
+    with pytest.raises(ConfigError, match="pcap_decoder must be one of auto, native, python"):
+        native.open_native(DEMO, "rust")
+    pcapng = tmp_path / "x.pcapng"
+    with PcapWriter(str(pcapng), pcapng=True) as w:
+        ocpp_session(w, [(True, HB.format(id="1"))])
+    assert native.open_native(pcapng, "native") is None  # pcapng: the Python reader
+    assert outcome(pcapng, "native", (0, 1)) == outcome(pcapng, "python", (0, 1))
+
+
+def test_demo_capture_of_real_peers(batch: int) -> None:
+    found = assert_same(DEMO)
+    assert len(found[0]["records"]) > 30
+    assert found[1]["records"] or found[2]["records"]
+
+
+def test_fleet_with_deflate(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.pcap"
+    cap = generate(str(path), 3000, 24, deflate=True, seed=5, pcapng=False)
+    whole, first, second = assert_same(path)
+    messages = [r for r in whole["records"] if "message_type" in r]
+    assert len(messages) == cap.messages
+    assert first["records"] and second["records"]  # both shares own charge points
+    assert len(first["records"]) + len(second["records"]) == len(whole["records"])
+
+
+def _cp_of_share(share: tuple[int, int], avoid: str = "") -> str:
+    """A charge point identity that share owns."""
+    low, high = share_bounds(*share)
+    for n in range(1000):
+        name = f"CP{n:03d}"
+        if name != avoid and low <= zlib.crc32(name.encode()) % (1 << 16) < high:
+            return name
+    raise AssertionError("no charge point found")
+
+
+def _reuse_capture(path: Path, ending: str) -> Path:
+    """A connection of share 1's charge point, then the same addresses and ports reused at once
+    by share 0's charge point; ending says how the first one ends (fin, rst, or none: a new SYN)."""
+    foreign, own = _cp_of_share((1, 2)), _cp_of_share((0, 2))
+    with PcapWriter(str(path)) as w:
+        for i, cp in enumerate((foreign, own)):
+            flow = TcpFlow(w, ("10.0.0.7", 40000), ("10.0.0.1", 9000), 1_700_000_000.0 + i, client_isn=1000 + i * 7777)
+            ws = WsSession(flow, path=f"/ocpp/{cp}", seed=i)
+            ws.open()
+            for n in range(6):
+                ws.message(True, BOOT.format(id=f"{cp}-b{n}") if n == 0 else HB.format(id=f"{cp}-{n}"))
+                ws.message(False, HB_RESULT.format(id=f"{cp}-{n}"))
+            if i == 0 and ending == "fin":
+                ws.close()
+            elif i == 0 and ending == "rst":
+                flow.reset(True)
+        # A third connection of the foreign charge point from another port, left open at the end.
+        flow = TcpFlow(w, ("10.0.0.8", 40001), ("10.0.0.1", 9000), 1_700_000_005.0)
+        ws = WsSession(flow, path=f"/ocpp/{foreign}", seed=9)
+        ws.open()
+        ws.message(True, HB.format(id="open-1"))
+    return path
+
+
+@pytest.mark.parametrize("ending", ["fin", "rst", "none"])
+def test_port_reuse_of_a_connection_another_share_decodes(tmp_path: Path, batch: int, ending: str) -> None:
+    path = _reuse_capture(tmp_path / f"reuse-{ending}.pcap", ending)
+    _, first, second = assert_same(path)
+    own_ids = [r["message_id"] for r in first["records"] if "message_id" in r]
+    assert len(own_ids) == 12  # every message of the reused connection reached share 0
+    assert {r["charge_point_id"] for r in second["records"]} == {_cp_of_share((1, 2))}
+
+
+def test_ipv6_vlan_and_other_frames_take_the_python_path(tmp_path: Path, batch: int) -> None:
+    path = tmp_path / "mixed.pcap"
+    with PcapWriter(str(path)) as w:
+        ocpp_session(w, [(True, BOOT.format(id="v4")), (False, HB_RESULT.format(id="v4"))], path="/ocpp/V4")
+        ocpp_session(w, [(True, BOOT.format(id="v6")), (False, HB_RESULT.format(id="v6"))], path="/ocpp/V6",
+                     client=("fd00::1", 40000), server=("fd00::2", 9000))
+    vlan = tmp_path / "vlan.pcap"
+    _rewrite(path, vlan, lambda frame: frame[:12] + b"\x81\x00\x00\x07" + frame[12:] if frame[12:14] == b"\x08\x00"
+             else frame)
+    for capture in (path, vlan):
+        whole = assert_same(capture)[0]
+        assert {r["message_id"] for r in whole["records"] if "message_id" in r} == {"v4", "v6"}
+
+
+def _records(path: Path) -> list[tuple[float, bytes]]:
+    return [(ts, data) for _, ts, _, data in CaptureReader(path)]
+
+
+def _write(path: Path, packets: list[tuple[float, bytes]]) -> Path:
+    with PcapWriter(str(path)) as w:
+        for ts, frame in packets:
+            w.write(ts, frame)
+    return path
+
+
+def _rewrite(source: Path, dest: Path, change: Callable[[bytes], bytes]) -> Path:
+    return _write(dest, [(ts, change(frame)) for ts, frame in _records(source)])
+
+
+def _reencode(source: Path, dest: Path, big_endian: bool, nanosecond: bool) -> Path:
+    """The same packets in another classic pcap flavour."""
+    order = ">" if big_endian else "<"
+    magic = 0xA1B23C4D if nanosecond else 0xA1B2C3D4
+    scale = 1_000_000_000 if nanosecond else 1_000_000
+    with dest.open("wb") as out:
+        out.write(struct.pack(order + "IHHiIII", magic, 2, 4, 0, 0, 262144, 1))
+        for ts, frame in _records(source):
+            sec, frac = divmod(round(ts * scale), scale)
+            out.write(struct.pack(order + "IIII", sec, frac, len(frame), len(frame)) + frame)
+    return dest
+
+
+@pytest.mark.parametrize(("big_endian", "nanosecond"), [(True, False), (False, True), (True, True)])
+def test_byte_orders_and_nanosecond_timestamps(tmp_path: Path, big_endian: bool, nanosecond: bool) -> None:
+    path = _reencode(DEMO, tmp_path / "flavour.pcap", big_endian, nanosecond)
+    assert len(assert_same(path)[0]["records"]) > 30
+
+
+def _ends(data: bytes) -> Iterator[tuple[str, bytes]]:
+    """Every way a file can end early, and a record that claims too much."""
+    yield "empty header", data[:4]
+    yield "header cut", data[:13]
+    yield "only the header", data[:24]
+    yield "record header cut", data[:24 + 9]
+    yield "record cut", data[:24 + 16 + 20]
+    yield "cut late", data[:len(data) - 31]
+    huge = bytearray(data)
+    struct.pack_into("<I", huge, 24 + 8, (1 << 20) + 1)
+    yield "claims too much", bytes(huge)
+
+
+def test_files_that_end_early(tmp_path: Path) -> None:
+    data = DEMO.read_bytes()
+    for name, cut in _ends(data):
+        path = tmp_path / (name.replace(" ", "-") + ".pcap")
+        path.write_bytes(cut)
+        whole = assert_same(path)[0]
+        if name != "only the header":
+            assert whole["dead_letters"], name  # the problem is reported, the same way
+
+
+def _mutate(packets: list[tuple[float, bytes]], rng: random.Random) -> list[tuple[float, bytes]]:
+    out = list(packets)
+    for _ in range(rng.randint(1, 4)):
+        i = rng.randrange(len(out))
+        ts, frame = out[i]
+        kind = rng.choice(("flip", "flip", "cut", "drop", "dup", "swap"))
+        if kind == "flip" and frame:
+            at = rng.randrange(min(len(frame), 70))
+            frame = frame[:at] + bytes([frame[at] ^ (1 << rng.randrange(8))]) + frame[at + 1:]
+            out[i] = (ts, frame)
+        elif kind == "cut":
+            out[i] = (ts, frame[:rng.randrange(len(frame) + 1)])
+        elif kind == "drop" and len(out) > 1:
+            del out[i]
+        elif kind == "dup":
+            out.insert(i, (ts, frame))
+        elif kind == "swap" and i + 1 < len(out):
+            out[i], out[i + 1] = out[i + 1], out[i]
+    return out
+
+
+def test_mutants_decode_alike(tmp_path: Path) -> None:
+    rng = random.Random(20261125)
+    sources = [DEMO, _reuse_capture(tmp_path / "reuse.pcap", "fin")]
+    fleet = tmp_path / "fleet.pcap"
+    generate(str(fleet), 600, 6, deflate=True, seed=11, pcapng=False)
+    sources.append(fleet)
+    checked = 0
+    for source in sources:
+        packets = _records(source)
+        for n in range(80):
+            path = _write(tmp_path / f"mutant-{source.stem}-{n}.pcap", _mutate(packets, rng))
+            if n % 10 == 0:  # some end mid-record too
+                data = path.read_bytes()
+                path.write_bytes(data[:rng.randrange(24, len(data))])
+            assert_same(path, max_message=rng.choice((1 << 20, 200)))
+            checked += 1
+    assert checked == 240
