@@ -8,6 +8,7 @@ Structural errors (not JSON, not an array, unknown type id, wrong arity) raise
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,11 +54,29 @@ class Frame:
     flags: list[str]  # the caller may add its own (transport) flags
 
 
+def scan_json(data: bytes) -> tuple[int, bool]:
+    """(number of ``[`` and ``{``: an upper bound of the nesting depth, whether a run of 19 or
+    more digits occurs: an integer orjson may not keep exact). The reference of the native
+    extension's one-pass version, which replaces it when installed."""
+    return data.count(b"[") + data.count(b"{"), _LONG_DIGITS in data.translate(_DIGITS_TO_ZERO)
+
+
+def _fastest() -> Callable[[bytes], tuple[int, bool]]:
+    try:
+        from chargewatch_native import scan_json as native
+    except ImportError:  # the extension is optional: see collectors.native
+        return scan_json
+    return native
+
+
+_scan_json = _fastest()
+
+
 def decode_frame(data: bytes, version: str | None) -> Frame:
     """Decode one WebSocket text message as OCPP-J."""
-    brackets = data.count(b"[") + data.count(b"{")  # an upper bound of the nesting depth
+    brackets, long_digits = _scan_json(data)
     try:
-        value = _loads(data, brackets <= MAX_JSON_DEPTH)
+        value = _loads(data, brackets <= MAX_JSON_DEPTH and not long_digits)
     except UnicodeDecodeError as exc:
         raise FrameError("invalid_utf8", f"frame is not UTF-8: {exc}") from exc
     except ValueError as exc:
@@ -83,16 +102,17 @@ def decode_frame(data: bytes, version: str | None) -> Frame:
     return Frame(mtype, message_id, action, payload, flags)
 
 
-def _loads(data: bytes, shallow: bool) -> Any:
+def _loads(data: bytes, plain: bool) -> Any:
     """json.loads, about twice as fast on plain frames.
 
-    The standard library stays the reference. orjson gets only shallow frames (nesting at most
-    MAX_JSON_DEPTH: a deep one must fail or pass exactly as json.loads decides) without a run of
-    19 digits (orjson would turn a 64-bit overflowing integer into a float); what it accepts, it
-    parses as json.loads does. Anything it refuses goes to json.loads, which accepts some of it
-    (NaN, Infinity, a BOM, lone surrogates) and raises the errors the counters are named after.
+    The standard library stays the reference. orjson gets only plain frames: shallow (nesting
+    at most MAX_JSON_DEPTH: a deep one must fail or pass exactly as json.loads decides) and
+    without a run of 19 digits (orjson would turn a 64-bit overflowing integer into a float);
+    what it accepts, it parses as json.loads does. Anything it refuses goes to json.loads,
+    which accepts some of it (NaN, Infinity, a BOM, lone surrogates) and raises the errors the
+    counters are named after.
     """
-    if shallow and _LONG_DIGITS not in data.translate(_DIGITS_TO_ZERO):
+    if plain:
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:

@@ -254,3 +254,39 @@ def test_mutants_decode_alike(tmp_path: Path) -> None:
             assert_same(path, max_message=rng.choice((1 << 20, 200)))
             checked += 1
     assert checked == 240
+
+
+def _frames(rng: random.Random) -> Iterator[bytes]:
+    """Frames for the scanners: markers in any case, escapes, digit runs around 19, non-ASCII."""
+    from chargewatch.redaction import RAW_MARKERS
+
+    pieces = [*(m.decode() for m in RAW_MARKERS), "IdTag", "ID_TAG", "idTa", "pass word", "\\u0069dTag", "\\",
+              "u", "[", "{", "]", "}", "\"", ":", ",", "İ", "ß", "é", "0", "9" * 18, "1" * 19, "12345", "-", ".",
+              "Heartbeat", "currentTime", "2024-06-10T06:13:20.000Z"]
+    for m in RAW_MARKERS:  # every marker alone and in mixed case
+        yield m
+        yield bytes(c ^ 0x20 if rng.random() < 0.5 and 97 <= c <= 122 else c for c in m)
+    for n in (17, 18, 19, 20, 40):
+        yield b'[2,"x","MeterValues",{"v":' + b"7" * n + b"}]"
+        yield b"[" * n + b"]" * n + b"{" * (n // 2)
+    for _ in range(3000):
+        yield "".join(rng.choice(pieces) for _ in range(rng.randint(0, 40))).encode()
+        yield bytes(rng.randrange(256) for _ in range(rng.randint(0, 80)))
+
+
+def test_native_scanners_agree_with_the_python_reference() -> None:
+    import chargewatch_native
+
+    from chargewatch.redaction import may_hold_secrets
+    from collectors.ocppj import scan_json
+
+    rng = random.Random(7)
+    checked = secrets = long_runs = 0
+    for frame in _frames(rng):
+        reference = may_hold_secrets(frame)
+        assert chargewatch_native.may_hold_secrets(frame) == reference, frame
+        assert chargewatch_native.scan_json(frame) == scan_json(frame), frame
+        checked += 1
+        secrets += reference
+        long_runs += scan_json(frame)[1]
+    assert checked > 6000 and secrets > 500 and long_runs > 100  # both answers well represented

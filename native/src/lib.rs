@@ -20,6 +20,9 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufReader, Read};
+use std::sync::LazyLock;
+
+use memchr::memmem;
 
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
@@ -350,6 +353,54 @@ fn reverse_key(key: &[u8; 12]) -> [u8; 12] {
     out
 }
 
+/// Lower-cased byte strings without which no sensitive key can occur in a frame
+/// (`chargewatch.redaction.RAW_MARKERS`; `tests/test_native_decoder.py` checks they agree).
+const SECRET_MARKERS: [&[u8]; 6] = [
+    b"idtag",
+    b"idtoken",
+    b"customeridentifier",
+    b"password",
+    b"simpin",
+    b"authorizationkey",
+];
+
+static SECRET_FINDERS: LazyLock<Vec<memmem::Finder<'static>>> =
+    LazyLock::new(|| SECRET_MARKERS.iter().map(memmem::Finder::new).collect());
+
+/// Whether a raw frame may hold an idTag or a secret: a `\u` escape (which could spell a key the
+/// raw text does not show), or a marker in the ASCII-lower-cased text. Python's reference:
+/// `chargewatch.redaction._may_hold_secrets`.
+#[pyfunction]
+fn may_hold_secrets(raw: &[u8]) -> bool {
+    if memmem::find(raw, b"\\u").is_some() {
+        return true;
+    }
+    let lower = raw.to_ascii_lowercase();
+    SECRET_FINDERS.iter().any(|f| f.find(&lower).is_some())
+}
+
+/// (number of `[` and `{` bytes, whether 19 or more ASCII digits follow one another) of a JSON
+/// text: an upper bound of its nesting depth, and whether an integer may overflow 64 bits.
+/// Python's reference: `collectors.ocppj.scan_json`.
+#[pyfunction]
+fn scan_json(raw: &[u8]) -> (usize, bool) {
+    let brackets = memchr::memchr2_iter(b'[', b'{', raw).count();
+    let mut run = 0usize;
+    let mut long_digits = false;
+    for &b in raw {
+        if b.is_ascii_digit() {
+            run += 1;
+            if run >= 19 {
+                long_digits = true;
+                break;
+            }
+        } else {
+            run = 0;
+        }
+    }
+    (brackets, long_digits)
+}
+
 /// data XOR the 4-byte WebSocket masking key, repeated (RFC 6455 5.3).
 #[pyfunction]
 fn unmask<'py>(py: Python<'py>, data: &[u8], mask: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
@@ -368,6 +419,8 @@ fn unmask<'py>(py: Python<'py>, data: &[u8], mask: &[u8]) -> PyResult<Bound<'py,
 fn chargewatch_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PcapSegments>()?;
     m.add_function(wrap_pyfunction!(unmask, m)?)?;
+    m.add_function(wrap_pyfunction!(may_hold_secrets, m)?)?;
+    m.add_function(wrap_pyfunction!(scan_json, m)?)?;
     Ok(())
 }
 
