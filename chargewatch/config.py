@@ -73,7 +73,7 @@ class CollectorConfig:
     """Collector settings: decoding limits, where counters go."""
 
     max_message_bytes: int = 1_048_576
-    # Which code reads classic pcap files: auto (the native front end when the chargewatch-native
+    # Which code reads pcap and (plain) pcapng files: auto (the native front end when the chargewatch-native
     # extension is installed, else Python), native (refuse to run without it) or python.
     pcap_decoder: str = "auto"
     # Ports are not required: any TCP stream that starts with a WebSocket upgrade is decoded.

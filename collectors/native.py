@@ -1,7 +1,9 @@
 """The optional native capture front end (the ``chargewatch-native`` Rust extension in native/).
 
-It reads classic pcap files and parses, counts and drops in Rust what the Python path would
-parse, count and drop (bare ACKs, data of connections another process decodes); the rest
+It reads classic pcap files and plain pcapng files (one section, whole blocks, the usual block
+types and options: what dumpcap and tcpdump write; see native/src/pcapng.rs), and parses,
+counts and drops in Rust what the Python path would parse, count and drop (bare ACKs, data of
+connections another process decodes); the rest
 reaches :class:`~collectors.streams.PacketProcessor` as parsed segments or, for anything off its
 fast path, as whole frames that the Python code handles as always. Python stays the reference:
 ``tests/test_native_decoder.py`` checks that both give identical records, counters and dead
@@ -20,7 +22,8 @@ from chargewatch.errors import ConfigError
 DECODERS = ("auto", "native", "python")
 #: Packets the native reader reads ahead and hands over at once.
 BATCH = 4096
-PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+# Classic pcap (both byte orders, micro- and nanoseconds) and pcapng.
+PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d", b"\x0a\x0d\x0d\x0a")
 
 # A parsed segment (number, ts, key, seq, flags, payload, ttl) or a whole frame (number, ts,
 # linktype, frame) for the Python path.
@@ -66,7 +69,7 @@ def available() -> bool:
 
 def open_native(path: Path, decoder: str) -> NativeReader | None:
     """A native reader for path, or None when the Python reader must read it (decoder
-    ``python``; ``auto`` without the extension; not a classic pcap file: pcapng, or a file the
+    ``python``; ``auto`` without the extension; a pcapng file that is not plain; a file the
     Python reader reports as unreadable)."""
     if decoder not in DECODERS:
         raise ConfigError(f"[collector] pcap_decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
@@ -83,7 +86,9 @@ def open_native(path: Path, decoder: str) -> NativeReader | None:
         with path.open("rb") as handle:
             if handle.read(4) not in PCAP_MAGICS:
                 return None
+        reader: NativeReader = PcapSegments(str(path), str(path), BATCH)
     except OSError:
         return None  # the Python reader raises the CaptureError users know
-    reader: NativeReader = PcapSegments(str(path), str(path), BATCH)
+    except ValueError:
+        return None  # a pcapng file that is not plain: see native/src/pcapng.rs
     return reader

@@ -113,7 +113,7 @@ class CaptureReader:
         except (Scapy_Exception, EOFError) as exc:
             self.problem = ReadProblem("corrupt_file_header", f"{self.path}: {exc}")
             return
-        number = 0
+        number, ts = 0, 0.0
         with reader:
             while True:
                 self.position = reader.f.tell()
@@ -131,5 +131,7 @@ class CaptureReader:
                     continue  # not a packet: interface description, statistics, name resolution...
                 data, meta = block
                 number += 1
-                ts = (meta.tshigh << 32 | meta.tslow) / meta.tsresol
+                if meta.tshigh is not None and meta.tslow is not None:
+                    ts = (meta.tshigh << 32 | meta.tslow) / meta.tsresol
+                # else a Simple Packet Block, which has no time: it keeps the previous packet's
                 yield number, ts, meta.linktype, data

@@ -6,7 +6,8 @@ Segment = tuple[int, float, bytes, int, int, bytes, int]
 Frame = tuple[int, float, int, bytes]
 
 class PcapSegments:
-    """Reads one classic pcap file; iterating gives lists of parsed segments and whole frames."""
+    """Reads one classic pcap or plain pcapng file (else ValueError); iterating gives lists of
+    parsed segments and whole frames."""
 
     def __init__(self, path: str, display: str, batch: int = 4096) -> None: ...
     def __iter__(self) -> Iterator[list[Segment | Frame]]: ...

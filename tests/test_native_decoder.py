@@ -82,8 +82,10 @@ def test_decoder_setting_is_checked(tmp_path: Path) -> None:
     pcapng = tmp_path / "x.pcapng"
     with PcapWriter(str(pcapng), pcapng=True) as w:
         ocpp_session(w, [(True, HB.format(id="1"))])
-    assert native.open_native(pcapng, "native") is None  # pcapng: the Python reader
-    assert outcome(pcapng, "native", (0, 1)) == outcome(pcapng, "python", (0, 1))
+    assert native.open_native(pcapng, "native") is not None  # a plain pcapng file
+    simple = _pcapng(tmp_path / "spb.pcapng", [(3, struct.pack("<I", 4) + b"abcd")])
+    assert native.open_native(simple, "native") is None  # not plain: the Python reader
+    assert outcome(simple, "native", (0, 1)) == outcome(simple, "python", (0, 1))
 
 
 def test_demo_capture_of_real_peers(batch: int) -> None:
@@ -290,3 +292,116 @@ def test_native_scanners_agree_with_the_python_reference() -> None:
         secrets += reference
         long_runs += scan_json(frame)[1]
     assert checked > 6000 and secrets > 500 and long_runs > 100  # both answers well represented
+
+
+# --------------------------------------------------------------------------- pcapng
+
+
+def _block(kind: int, body: bytes, order: str = "<") -> bytes:
+    body += b"\0" * (-len(body) % 4)
+    return struct.pack(order + "II", kind, len(body) + 12) + body + struct.pack(order + "I", len(body) + 12)
+
+
+def _option(code: int, value: bytes, order: str = "<") -> bytes:
+    return struct.pack(order + "HH", code, len(value)) + value + b"\0" * (-len(value) % 4)
+
+
+def _pcapng(path: Path, blocks: list[tuple[int, bytes]], order: str = "<",
+            interfaces: tuple[tuple[int, bytes], ...] = ((1, b""),)) -> Path:
+    """A pcapng file: section header, interfaces (link type, raw options), then blocks."""
+    shb = struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1)
+    out = _block(0x0A0D0D0A, shb, order)
+    for linktype, options in interfaces:
+        out += _block(1, struct.pack(order + "HHI", linktype, 0, 262144) + options, order)
+    out += b"".join(_block(kind, body, order) for kind, body in blocks)
+    path.write_bytes(out)
+    return path
+
+
+def _epb(frame: bytes, units: int, intid: int = 0, options: bytes = b"", order: str = "<") -> tuple[int, bytes]:
+    body = struct.pack(order + "IIIII", intid, units >> 32, units & 0xFFFFFFFF, len(frame), len(frame))
+    return 6, body + frame + b"\0" * (-len(frame) % 4) + options
+
+
+def _raw_ip(frame: bytes) -> bytes:
+    return frame[14:]  # an Ethernet frame without its link header: LINKTYPE_RAW
+
+
+@pytest.mark.parametrize("nanosecond", [False, True], ids=["usec", "nsec"])
+def test_pcapng_fleet(tmp_path: Path, nanosecond: bool) -> None:
+    path = tmp_path / "fleet.pcapng"
+    generate(str(path), 3000, 24, deflate=True, seed=5, pcapng=True)
+    if nanosecond:  # the same packets with nanosecond stamps: beyond 2**53, divided exactly as Python does
+        ns = tmp_path / "fleet-ns.pcapng"
+        with PcapWriter(str(ns), pcapng=True, nanosecond=True) as w:
+            for ts, frame in _records(path):
+                w.write(ts + 0.123456789, frame)
+        path = ns
+    assert native.open_native(path, "native") is not None
+    whole = assert_same(path)[0]
+    assert len(whole["records"]) > 1000
+
+
+@pytest.mark.parametrize("order", ["<", ">"], ids=["little", "big"])
+def test_pcapng_interfaces_resolutions_and_extra_blocks(tmp_path: Path, order: str) -> None:
+    frames = _records(_reuse_capture(tmp_path / "reuse.pcap", "fin"))
+    res2 = _option(9, bytes([0x80 | 20]), order)  # 2**-20 s
+    res3 = _option(9, bytes([3]), order)  # milliseconds
+    blocks: list[tuple[int, bytes]] = [(4, b"\1\0\4\0\x7f\0\0\1name\0\0\0\0")]  # name resolution: skipped
+    for n, (ts, frame) in enumerate(frames):
+        intid = n % 3
+        data = _raw_ip(frame) if intid == 1 else frame
+        units = round(ts * (1 << 20)) if intid == 1 else round(ts * (1000 if intid == 2 else 1_000_000))
+        flags = _option(2, struct.pack(order + "I", 1), order)
+        options = _option(1, b"a comment", order) + flags if n % 5 == 0 else b""
+        blocks.append(_epb(data, units, intid, options, order))
+    blocks.append((5, struct.pack(order + "III", 0, 0, 0)))  # interface statistics: skipped
+    path = _pcapng(tmp_path / "mixed.pcapng", blocks, order, interfaces=((1, b""), (101, res2), (1, res3)))
+    assert native.open_native(path, "native") is not None
+    whole = assert_same(path)[0]
+    assert len([r for r in whole["records"] if "message_id" in r]) >= 12
+
+
+def test_pcapng_files_that_are_not_plain_go_to_python(tmp_path: Path) -> None:
+    frame = _records(DEMO)[5][1]
+    cases = {
+        "simple packet block": [(3, struct.pack("<I", len(frame)) + frame)],
+        "unknown interface": [_epb(frame, 1, intid=4)],
+        "flags of 3 bytes": [_epb(frame, 1, options=_option(2, b"abc"))],
+        "process information": [_epb(frame, 1, options=_option(0x8001, b"\0\0\0\0"))],
+        "second section": [_epb(frame, 1), (0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))],
+    }
+    for name, blocks in cases.items():
+        path = _pcapng(tmp_path / (name.replace(" ", "-") + ".pcapng"), blocks)
+        assert native.open_native(path, "native") is None, name
+        assert_same(path)
+    odd = _pcapng(tmp_path / "tsresol.pcapng", [_epb(frame, 1)], interfaces=((1, _option(9, b"\6\6")),))
+    assert native.open_native(odd, "native") is None
+    data = _pcapng(tmp_path / "ok.pcapng", [_epb(frame, 10**6 * 1_700_000_000)]).read_bytes()
+    for cut in (len(data) - 1, len(data) - 4, len(data) - 13, 40):
+        path = tmp_path / f"cut-{cut}.pcapng"
+        path.write_bytes(data[:cut])
+        assert native.open_native(path, "native") is None
+        assert_same(path)
+
+
+def test_pcapng_mutants_decode_alike(tmp_path: Path) -> None:
+    rng = random.Random(44)
+    source = tmp_path / "fleet.pcapng"
+    generate(str(source), 400, 6, deflate=True, seed=3, pcapng=True)
+    packets = _records(source)
+    plain = 0
+    for n in range(60):
+        path = tmp_path / f"mutant-{n}.pcapng"
+        with PcapWriter(str(path), pcapng=True) as w:
+            for ts, frame in _mutate(packets, rng):
+                w.write(ts, frame)
+        if n % 3 == 0:  # bytes of the file itself, block headers included
+            data = bytearray(path.read_bytes())
+            for _ in range(rng.randint(1, 3)):
+                at = rng.randrange(len(data))
+                data[at] ^= 1 << rng.randrange(8)
+            path.write_bytes(bytes(data))
+        plain += native.open_native(path, "native") is not None
+        assert_same(path, max_message=rng.choice((1 << 20, 200)))
+    assert plain >= 40  # most mutants stay plain and exercise the native reader

@@ -1,6 +1,6 @@
 //! Chargewatch's native capture front end.
 //!
-//! `PcapSegments` reads a classic pcap file and does, for nearly every packet, the work that
+//! `PcapSegments` reads a classic pcap file or a plain pcapng file (`pcapng.rs`) and does, for nearly every packet, the work that
 //! dominates a capture's decoding in Python: reading the record, parsing Ethernet + IPv4 + TCP,
 //! and dropping what the Python decoder would drop anyway (bare ACKs, and data of connections
 //! another process of a parallel analysis decodes). What is left reaches Python in batches,
@@ -27,6 +27,8 @@ use memchr::memmem;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
+
+mod pcapng;
 
 /// A record claiming more than this many bytes is corrupt (as `collectors.pcapfile.MAX_RECORD`).
 const MAX_RECORD: u64 = 1 << 20;
@@ -80,15 +82,36 @@ fn fast_segment(linktype: u32, f: &[u8]) -> Option<Segment<'_>> {
     })
 }
 
-/// Reads one classic pcap file; iterating gives lists of tuples (see the module doc).
+/// What kind of file is read, and what its header said.
+enum Format {
+    Classic {
+        big_endian: bool,
+        unit: f64,
+        linktype: u32,
+    },
+    PcapNg {
+        big_endian: bool,
+        interfaces: Vec<pcapng::Interface>,
+    },
+}
+
+/// Exactly Python's `n / d` for integers (one correctly rounded division): in floating point when
+/// both are exact there, else by Python itself.
+fn true_divide(py: Python<'_>, n: u64, d: u64) -> PyResult<f64> {
+    const EXACT: u64 = 1 << 53;
+    if n <= EXACT && d <= EXACT {
+        return Ok(n as f64 / d as f64);
+    }
+    n.into_pyobject(py)?.div(d)?.extract()
+}
+
+/// Reads one classic pcap or plain pcapng file; iterating gives lists of tuples (see the module doc).
 #[pyclass(module = "chargewatch_native")]
 pub struct PcapSegments {
     file: BufReader<File>,
     /// The path as Python prints it, for problem details.
     display: String,
-    big_endian: bool,
-    unit: f64,
-    linktype: u32,
+    format: Format,
     size: u64,
     offset: u64,
     number: u64,
@@ -108,17 +131,58 @@ impl PcapSegments {
         self.done = true;
     }
 
-    fn u32_at(&self, b: &[u8], at: usize) -> u32 {
-        let word = [b[at], b[at + 1], b[at + 2], b[at + 3]];
-        if self.big_endian {
-            u32::from_be_bytes(word)
-        } else {
-            u32::from_le_bytes(word)
+    /// Reads the next packet into self.frame; returns its time and link type, or None at the end
+    /// or on a problem.
+    fn next_record(&mut self, py: Python<'_>) -> PyResult<Option<(f64, u32)>> {
+        if self.done || self.offset >= self.size {
+            self.done = true;
+            return Ok(None);
+        }
+        match self.format {
+            Format::Classic {
+                big_endian,
+                unit,
+                linktype,
+            } => Ok(self.next_classic(big_endian, unit).map(|ts| (ts, linktype))),
+            Format::PcapNg { big_endian, .. } => self.next_pcapng(py, big_endian),
         }
     }
 
-    /// Reads the next record into self.frame; returns its time, or None at the end or on a problem.
-    fn next_record(&mut self) -> Option<f64> {
+    fn next_pcapng(&mut self, py: Python<'_>, big: bool) -> PyResult<Option<(f64, u32)>> {
+        while self.offset < self.size {
+            let start = self.offset;
+            let Some((kind, length, body)) = pcapng::block(&mut self.file, big, self.size - start) else {
+                // Checked plain when opened: only a file changed since can get here.
+                let detail = format!(
+                    "{}: pcapng block after packet {} unreadable at byte {start} of {}",
+                    self.display, self.number, self.size
+                );
+                self.fail("truncated_record", detail);
+                return Ok(None);
+            };
+            self.offset += length;
+            let Format::PcapNg { ref mut interfaces, .. } = self.format else {
+                unreachable!()
+            };
+            if kind == pcapng::IDB {
+                interfaces.extend(pcapng::interface(&body, big));
+            } else if kind == pcapng::EPB {
+                if let Some((intid, units, data)) = pcapng::packet(&body, big, interfaces.len(), MAX_RECORD) {
+                    let iface = interfaces[intid];
+                    self.frame.clear();
+                    self.frame.extend_from_slice(data);
+                    self.number += 1;
+                    self.last_ts = true_divide(py, units, iface.tsresol)?;
+                    return Ok(Some((self.last_ts, iface.linktype)));
+                }
+            }
+        }
+        self.done = true;
+        Ok(None)
+    }
+
+    /// The next classic pcap record into self.frame; its time, or None at the end or on a problem.
+    fn next_classic(&mut self, big_endian: bool, unit: f64) -> Option<f64> {
         if self.done || self.offset >= self.size {
             self.done = true;
             return None;
@@ -140,9 +204,9 @@ impl PcapSegments {
             return None;
         }
         let (sec, frac, caplen) = (
-            self.u32_at(&header, 0),
-            self.u32_at(&header, 4),
-            u64::from(self.u32_at(&header, 8)),
+            pcapng::u32_at(&header, 0, big_endian),
+            pcapng::u32_at(&header, 4, big_endian),
+            u64::from(pcapng::u32_at(&header, 8, big_endian)),
         );
         if caplen > MAX_RECORD {
             self.fail(
@@ -176,7 +240,7 @@ impl PcapSegments {
         self.number += 1;
         self.offset = start + caplen;
         // The same operations, in the same order, as Python's `sec + frac * unit`.
-        self.last_ts = f64::from(sec) + f64::from(frac) * self.unit;
+        self.last_ts = f64::from(sec) + f64::from(frac) * unit;
         Some(self.last_ts)
     }
 }
@@ -195,22 +259,48 @@ impl PcapSegments {
         let mut file = BufReader::with_capacity(READ_BUFFER, handle);
         let mut magic = [0u8; 4];
         file.read_exact(&mut magic)
-            .map_err(|_| PyValueError::new_err("not a classic pcap file"))?;
-        let (big_endian, unit) = match magic {
-            [0xd4, 0xc3, 0xb2, 0xa1] => (false, 1e-6),
-            [0xa1, 0xb2, 0xc3, 0xd4] => (true, 1e-6),
-            [0x4d, 0x3c, 0xb2, 0xa1] => (false, 1e-9),
-            [0xa1, 0xb2, 0x3c, 0x4d] => (true, 1e-9),
-            _ => return Err(PyValueError::new_err("not a classic pcap file")),
+            .map_err(|_| PyValueError::new_err("not a pcap file"))?;
+        let classic = match magic {
+            [0xd4, 0xc3, 0xb2, 0xa1] => Some((false, 1e-6)),
+            [0xa1, 0xb2, 0xc3, 0xd4] => Some((true, 1e-6)),
+            [0x4d, 0x3c, 0xb2, 0xa1] => Some((false, 1e-9)),
+            [0xa1, 0xb2, 0x3c, 0x4d] => Some((true, 1e-9)),
+            [0x0a, 0x0d, 0x0d, 0x0a] => None,
+            _ => return Err(PyValueError::new_err("not a pcap file")),
+        };
+        let (format, offset) = match classic {
+            Some((big_endian, unit)) => (
+                Format::Classic {
+                    big_endian,
+                    unit,
+                    linktype: 0,
+                },
+                24,
+            ),
+            None => {
+                // pcapng: only a plain file (see pcapng.rs); the caller reads others in Python.
+                if !pcapng::is_plain(path, size, MAX_RECORD) {
+                    return Err(PyValueError::new_err("not a plain pcapng file"));
+                }
+                let handle = File::open(path).map_err(|e| PyOSError::new_err(format!("{display}: {e}")))?;
+                file = BufReader::with_capacity(READ_BUFFER, handle);
+                let (big_endian, length) =
+                    pcapng::section(&mut file, size).ok_or_else(|| PyValueError::new_err("not a plain pcapng file"))?;
+                (
+                    Format::PcapNg {
+                        big_endian,
+                        interfaces: Vec::new(),
+                    },
+                    length,
+                )
+            }
         };
         let mut reader = PcapSegments {
             file,
             display: display.to_string(),
-            big_endian,
-            unit,
-            linktype: 0,
+            format,
             size,
-            offset: 24,
+            offset,
             number: 0,
             packets: 0,
             bytes: 0,
@@ -221,16 +311,23 @@ impl PcapSegments {
             frame: Vec::with_capacity(65536),
             done: false,
         };
-        let available = size.saturating_sub(4).min(20) as usize;
-        let mut header = [0u8; 20];
-        if available < 20 || reader.file.read_exact(&mut header).is_err() {
-            reader.fail(
-                "truncated_file_header",
-                format!("{display}: file header cut at byte {}", 4 + available),
-            );
-            return Ok(reader);
+        if let Format::Classic { big_endian, unit, .. } = reader.format {
+            let available = size.saturating_sub(4).min(20) as usize;
+            let mut header = [0u8; 20];
+            if available < 20 || reader.file.read_exact(&mut header).is_err() {
+                reader.fail(
+                    "truncated_file_header",
+                    format!("{display}: file header cut at byte {}", 4 + available),
+                );
+                return Ok(reader);
+            }
+            let linktype = pcapng::u32_at(&header, 16, big_endian) & 0x0FFF_FFFF;
+            reader.format = Format::Classic {
+                big_endian,
+                unit,
+                linktype,
+            };
         }
-        reader.linktype = reader.u32_at(&header, 16) & 0x0FFF_FFFF;
         Ok(reader)
     }
 
@@ -243,10 +340,11 @@ impl PcapSegments {
         let out = PyList::empty(py);
         let mut taken = 0;
         while taken < self.batch {
-            let Some(ts) = self.next_record() else { break };
+            let Some((ts, linktype)) = self.next_record(py)? else {
+                break;
+            };
             let number = self.number;
             let frame_len = self.frame.len() as u64;
-            let linktype = self.linktype;
             match fast_segment(linktype, &self.frame) {
                 Some(seg) => {
                     if seg.flags & CONTROL != 0 {
