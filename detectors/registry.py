@@ -9,6 +9,7 @@ from detectors.correlation import AuthorizeSpreadDetector, CommandBurstDetector,
 from detectors.direction import DirectionDetector
 from detectors.mitm import mitm_detectors
 from detectors.mitm_tls import TlsStripDetector
+from detectors.model_scoring import ModelScoringDetector
 from detectors.policy import Policy
 from detectors.protocol import protocol_detectors
 from detectors.replay import ReplayDetector
@@ -21,7 +22,7 @@ def default_detectors(rules: dict[str, Rule], catalog: Catalog, policy: Policy) 
     """Every shipped per-charge-point detector, configured from its rules and the policy."""
     return [ReplayDetector(rules), DirectionDetector(catalog), *mitm_detectors(rules, policy),
             *command_detectors(rules, catalog, policy), *protocol_detectors(rules, catalog),
-            TransactionDetector(rules, policy), ReplayStateDetector(rules)]
+            TransactionDetector(rules, policy), ReplayStateDetector(rules), ModelScoringDetector(rules, policy)]
 
 
 def correlation_detectors(rules: dict[str, Rule], catalog: Catalog, policy: Policy) -> list[Detector]:

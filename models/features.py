@@ -68,8 +68,9 @@ SCHEMA_FIELDS: dict[str, str] = {
     "stop_reason": "ocpp.stop_reason", "remote_start": "ocpp.remote_start", "site": "chargewatch.site",
     "start": "event.start", "end": "event.end",
     **{name: f"chargewatch.session.{name}" for name in (
-        "energy_wh", "duration_s", "avg_power_w", "peak_power_w", "power_ratio", "idle_s", "start_hour",
-        "weekday", "meter_samples", "max_sample_gap_s", "token_sessions_24h", "token_charge_points_24h")},
+        "energy_wh", "duration_s", "avg_power_w", "peak_power_w", "rated_power_w", "power_ratio", "idle_s",
+        "start_hour", "weekday", "meter_samples", "max_sample_gap_s", "register_drop_wh", "token_sessions_24h",
+        "token_charge_points_24h")},
 }
 INT_FEATURES = frozenset({"start_hour", "weekday", "meter_samples", "remote_start", "token_sessions_24h",
                           "token_charge_points_24h"})  # integers in a frame (floats for the models)

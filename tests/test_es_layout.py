@@ -36,7 +36,7 @@ NOW = 1_795_617_163.0  # the demo capture's day (2026-11-25)
 def drop_all(store: ElasticAlertStore) -> None:
     """Delete every index and template of the store's names (explicit names only)."""
     client = store.client.options(ignore_status=404)
-    indices = [store.index, store.names.assets, *archive_indices(store.client, store.names)]
+    indices = [store.index, store.names.assets, store.names.transactions, *archive_indices(store.client, store.names)]
     client.indices.delete(index=",".join(indices), ignore_unavailable=True)
     for name in index_templates(store.names):
         client.indices.delete_index_template(name=name)
@@ -107,9 +107,11 @@ def test_setup_installs_the_committed_templates_and_is_idempotent(store: Elastic
     for file_name, text in committed_files().items():
         committed = json.loads(text.replace("chargewatch-alerts", names.alerts)
                                .replace("chargewatch-messages", names.messages_template)
-                               .replace("chargewatch-assets", names.assets))
+                               .replace("chargewatch-assets", names.assets)
+                               .replace("chargewatch-transactions", names.transactions))
         template_name = file_name.removesuffix(".json").replace("chargewatch-alerts", names.alerts) \
-            .replace("chargewatch-messages", names.messages_template).replace("chargewatch-assets", names.assets)
+            .replace("chargewatch-messages", names.messages_template).replace("chargewatch-assets", names.assets) \
+            .replace("chargewatch-transactions", names.transactions)
         (installed,) = store.client.indices.get_index_template(name=template_name)["index_templates"]
         body = installed["index_template"]
         assert body["index_patterns"] == committed["index_patterns"]
@@ -212,7 +214,8 @@ def test_open_alerts_are_counted_per_asset(store: ElasticAlertStore,
     counts = {a["ocpp"]["charge_point_id"]: a["chargewatch"]["alerts"] for a in store.assets()}
     assert counts["CP16-ATTACK"] == {"open": 0, "total": 1, "max_severity": 3, "last": "2026-11-25T14:32:43.397Z"}
     assert counts["CP16-DIR"]["open"] == 1 and counts["CP16-DIR"]["max_severity"] == 2
-    assert counts["RDAM 123"] == {"open": 0, "total": 0}  # CW-SEC-005 is an event, not an alert
+    # CW-SEC-005 is an event, not an alert; the one alert is CW-TX-006 (15.2 kWh in 10 ms)
+    assert {k: counts["RDAM 123"][k] for k in ("open", "total")} == {"open": 1, "total": 1}
     (dir_alert,) = store.search(AlertQuery(site="depot"))
     assert dir_alert["chargewatch"]["site"] == "depot" and dir_alert["rule"]["id"] == "CW-PROTO-001"
 
@@ -476,7 +479,9 @@ def test_indexer_archives_the_messages_topic_and_survives_a_crash(services: Serv
         assert {cp: a["chargewatch"].get("site") for cp, a in assets.items()} == {
             "CP16-001": "rotterdam", "CP16-ATTACK": "rotterdam", "CP16-DIR": "rotterdam", "RDAM 123": None}
         docs = store.search(AlertQuery())
-        assert {d["event"]["id"] for d in docs} == {a.id for a in alerts}
+        # CW-TX-006 (the model) scores the demo's last session at the end of the input; a streaming
+        # detector has no end of input, so that alert waits for more traffic of the charge point.
+        assert {d["event"]["id"] for d in docs} == {a.id for a in alerts if a.rule_id != "CW-TX-006"}
         assert {d["ocpp"]["charge_point_id"]: d["chargewatch"].get("site") for d in docs}["CP16-ATTACK"] == "rotterdam"
     finally:
         drop_all(store)
