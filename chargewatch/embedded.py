@@ -92,12 +92,13 @@ class _Batch:
             self.after()
 
 
-def load_stages(config: Config) -> Stages:
-    """Every detector stage (per charge point, then correlation) with the rules and the policy."""
+def load_stages(config: Config, sessions: bool = False) -> Stages:
+    """Every detector stage (per charge point, then correlation) with the rules and the policy;
+    sessions: keep session features for a store or topic even when CW-TX-006 is disabled."""
     policy_path = Path(config.detector.policy_file).expanduser() if config.detector.policy_file else None
     policy = load_policy(policy_path)
     rules = apply_overrides(load_rules(), policy.rules, str(policy_path))
-    return build_stages(rules, load_catalog(), policy, key_function(config.detector.state_key))
+    return build_stages(rules, load_catalog(), policy, key_function(config.detector.state_key), sessions)
 
 
 def analyze(paths: Iterable[Path], config: Config, progress: Callable[[int], None] | None = None,
@@ -115,7 +116,7 @@ def analyze(paths: Iterable[Path], config: Config, progress: Callable[[int], Non
 
         return analyze_parallel(paths, config, workers)
     result = AnalysisResult()
-    stages = load_stages(config)
+    stages = load_stages(config, sessions=on_sessions is not None)
     scoring = scoring_detector(stages.local.runner.detectors)
     if scoring is not None:
         scoring.on_scored = on_sessions

@@ -28,10 +28,17 @@ processes or Kafka consumers, where the counts are then lower than in training (
 over charge points of other partitions is not seen here; CW-FLEET-002/003/004 in the id_tag
 correlation stage watch tokens across the whole fleet).
 
+The rule is off by default (``enabled: false``): the shipped model is trained on the synthetic
+fleet, not on the operator's sessions. Disabled, the detector only runs when something wants the
+sessions (``analyze --store``, ``[kafka] sessions_topic``): it then hands every finished
+session's features on unscored, and otherwise it is not in the runner at all. Either way nothing
+imports scikit-learn, numpy or pandas until an enabled detector scores its first batch.
+
 The promoted version is re-checked every ``check_interval_s`` seconds of wall time (promotion is
 an operator action in real time, not message time) and swapped in without a restart
 (:class:`models.registry.PromotedModel`). A promoted version this installation refuses (feature
-list, scikit-learn release, checksum) fails the construction with a ModelError naming the file.
+list, scikit-learn release, checksum) fails the construction with a ModelError naming the file:
+that check reads the metadata only, and the model itself is loaded at the first batch.
 """
 
 from __future__ import annotations
@@ -41,9 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
-
-from threadpoolctl import ThreadpoolController
+from typing import TYPE_CHECKING, Any
 
 from chargewatch.alerts import Alert
 from chargewatch.model import ConnectionEvent, OcppMessage
@@ -54,7 +59,12 @@ from detectors.policy import Policy
 from detectors.rules import Rule
 from detectors.runner import DetectorRunner, build_alert
 from models.features import SessionFeatures, SessionRow, rows_frame
-from models.registry import PACKAGED, LoadedModel, PromotedModel
+from models.registry import PACKAGED, check_promoted
+
+if TYPE_CHECKING:
+    from threadpoolctl import ThreadpoolController
+
+    from models.registry import LoadedModel, PromotedModel
 
 RULE_ID = "CW-TX-006"
 #: Session features an alert shows besides the top contributors (the ones an analyst reads first).
@@ -70,21 +80,25 @@ CLOCK_ACTIONS = frozenset({"Heartbeat", "StatusNotification"})
 
 @dataclass(frozen=True, slots=True)
 class Scored:
-    """One scored session: its row, the message that ended it, score and model."""
+    """One finished session: its row, the message that ended it and, when the rule is enabled,
+    its score and model (None otherwise: the features alone)."""
 
     row: SessionRow
     about: OcppMessage
-    score: float
-    threshold: float  # the alert threshold: the model's, raised to min_score
-    model: str
+    score: float | None = None
+    threshold: float | None = None  # the alert threshold: the model's, raised to min_score
+    model: str | None = None
     top: tuple[tuple[str, float], ...] = ()  # explain(): the features furthest from normal (alerts only)
 
     @property
     def anomalous(self) -> bool:
-        return self.score > self.threshold
+        return self.score is not None and self.threshold is not None and self.score > self.threshold
 
     def as_dict(self) -> dict[str, Any]:
-        """The session row with its scoring (what the stores' ``put_sessions`` take)."""
+        """The session row with its scoring if scored (what the stores' ``put_sessions`` take and
+        the sessions topic carries)."""
+        if self.score is None:
+            return self.row.as_dict()
         return self.row.as_dict() | {"score": self.score, "threshold": self.threshold, "model": self.model,
                                      "top_features": [name for name, _ in self.top]}
 
@@ -97,8 +111,11 @@ class ModelScoringDetector:
     actions: frozenset[str] | None = TRACKED | CLOCK_ACTIONS
 
     def __init__(self, rules: dict[str, Rule], policy: Policy, registry: Path | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None, sessions: bool = False) -> None:
         rule = rules[RULE_ID]
+        # The runner keeps a detector whose rules are all disabled only when it says so: here,
+        # when the sessions are wanted (a store or a topic) even if nothing scores them.
+        self.always_run = sessions
         self.batch_size = max(1, int(rule.param("batch_size")))
         self.max_wait_s = float(rule.param("max_wait_s"))
         self.top = int(rule.param("top_features"))
@@ -115,14 +132,27 @@ class ModelScoringDetector:
         self.unscorable = 0  # finished sessions left out: an integer field beyond 64 bits
         # Called with every scored batch (e.g. to index sessions with their scores).
         self.on_scored: Callable[[list[Scored]], None] | None = None
-        self.promoted: PromotedModel | None = None
-        if rule.enabled:  # ModelError here: a refused promoted model stops the start, naming the file
-            kwargs: dict[str, Any] = {} if clock is None else {"clock": clock}
-            self.promoted = PromotedModel(self.registry, float(rule.param("check_interval_s")), **kwargs)
+        self.scoring = rule.enabled
+        self.check_interval_s = float(rule.param("check_interval_s"))
+        self.clock = clock
+        self.promoted: PromotedModel | None = None  # loaded at the first batch (see _promoted)
+        if self.scoring:  # ModelError here: a refused promoted model stops the start, naming the file
+            check_promoted(self.registry)
 
     @property
     def model(self) -> LoadedModel | None:
+        """The model scoring now (None before the first batch or when the rule is disabled)."""
         return None if self.promoted is None else self.promoted.current
+
+    def _promoted(self) -> PromotedModel:
+        """The promoted model, loaded on first use: scikit-learn and the model are imported and
+        unpickled only once there is something to score."""
+        if self.promoted is None:
+            from models.registry import PromotedModel
+
+            kwargs: dict[str, Any] = {} if self.clock is None else {"clock": self.clock}
+            self.promoted = PromotedModel(self.registry, self.check_interval_s, **kwargs)
+        return self.promoted
 
     def on_connection(self, event: ConnectionEvent, ctx: ChargePointContext, state: State) -> list[Finding]:
         return []
@@ -130,6 +160,10 @@ class ModelScoringDetector:
     def on_message(self, msg: OcppMessage, ctx: ChargePointContext, state: State) -> list[Finding]:
         row = self.features.feed(msg)
         if row is not None:
+            if not self.scoring:  # features only (a store or topic wants the sessions)
+                if self.on_scored is not None:
+                    self.on_scored([Scored(row, msg)])
+                return []
             if _fits(row):
                 self.pending.append((row, msg))
             else:  # a hostile connector id or count beyond 64 bits: no frame can hold it
@@ -155,12 +189,13 @@ class ModelScoringDetector:
 
     def score_pending(self) -> list[Scored]:
         """Score and empty the queue (picking up a newly promoted model first)."""
-        if not self.pending or self.promoted is None:
+        if not self.pending or not self.scoring:
             self.pending = []
             return []
         pending, self.pending = self.pending, []
-        self.promoted.refresh()
-        model = self.promoted.current
+        promoted = self._promoted()
+        promoted.refresh()
+        model = promoted.current
         frame = rows_frame(row for row, _ in pending)
         with _threadpools().limit(limits=1):  # see _threadpools
             scores = [float(x) for x in model.score(frame)]
@@ -188,6 +223,8 @@ def _threadpools() -> ThreadpoolController:
     detector stage owns one core (parallel analyze forks one per core), and an OpenMP pool
     started in a process (scikit-learn's neighbour search) deadlocks the processes forked from
     it afterwards (GNU libgomp is not fork-safe)."""
+    from threadpoolctl import ThreadpoolController
+
     return ThreadpoolController()
 
 
@@ -212,7 +249,8 @@ def _plain(value: Any) -> Any:
 
 
 def scoring_detector(detectors: list[Any]) -> ModelScoringDetector | None:
-    """The CW-TX-006 detector among a runner's detectors (None when it is disabled)."""
+    """The CW-TX-006 detector among a runner's detectors (None when it is disabled and no
+    sessions are wanted)."""
     return next((d for d in detectors if isinstance(d, ModelScoringDetector)), None)
 
 

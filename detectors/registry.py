@@ -18,11 +18,15 @@ from detectors.rules import Rule
 from detectors.transactions import TransactionDetector
 
 
-def default_detectors(rules: dict[str, Rule], catalog: Catalog, policy: Policy) -> list[Detector]:
-    """Every shipped per-charge-point detector, configured from its rules and the policy."""
+def default_detectors(rules: dict[str, Rule], catalog: Catalog, policy: Policy,
+                      sessions: bool = False) -> list[Detector]:
+    """Every shipped per-charge-point detector, configured from its rules and the policy;
+    sessions: something wants every finished session's features (a store or the sessions topic),
+    so CW-TX-006's detector runs even with its rule disabled."""
     return [ReplayDetector(rules), DirectionDetector(catalog), *mitm_detectors(rules, policy),
             *command_detectors(rules, catalog, policy), *protocol_detectors(rules, catalog),
-            TransactionDetector(rules, policy), ReplayStateDetector(rules), ModelScoringDetector(rules, policy)]
+            TransactionDetector(rules, policy), ReplayStateDetector(rules),
+            ModelScoringDetector(rules, policy, sessions=sessions)]
 
 
 def correlation_detectors(rules: dict[str, Rule], catalog: Catalog, policy: Policy) -> list[Detector]:

@@ -270,11 +270,13 @@ class Stages:
             stage.router.drop(keys)
 
 
-def build_stages(rules: dict[str, Rule], catalog: Catalog, policy: Policy, key: KeyFn) -> Stages:
+def build_stages(rules: dict[str, Rule], catalog: Catalog, policy: Policy, key: KeyFn,
+                 sessions: bool = False) -> Stages:
     """Every stage with its registered detectors; a correlation stage none of whose rules is
-    enabled is left out (the per-charge-point stage then forwards nothing for it)."""
+    enabled is left out (the per-charge-point stage then forwards nothing for it). sessions:
+    session features are wanted (see :func:`detectors.registry.default_detectors`)."""
     local = Stage("charge_point", KeyRouter(lambda r: (key(r),)),
-                  DetectorRunner(default_detectors(rules, catalog, policy), rules, key))
+                  DetectorRunner(default_detectors(rules, catalog, policy, sessions), rules, key))
     by_kind: dict[str, list[Any]] = {"id_tag": [], "fleet": [], "client_ip": []}
     for det in correlation_detectors(rules, catalog, policy):
         by_kind[getattr(det, "route", "id_tag")].append(det)
