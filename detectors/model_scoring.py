@@ -230,6 +230,8 @@ def _threadpools() -> ThreadpoolController:
 
 def _finding(s: Scored) -> Finding:
     row, top = s.row, s.top
+    if s.score is None or s.threshold is None:
+        raise ValueError(f"session {row.transaction_id} was not scored")
     evidence: dict[str, Any] = {
         "score": round(s.score, 4), "threshold": round(s.threshold, 4), "model": s.model,
         "top_features": [{"feature": name, "z": z} for name, z in top],

@@ -1,4 +1,5 @@
-"""CW-TX-006: the promoted model in the running detectors (micro-batches, hot swap, refusal)."""
+"""CW-TX-006: the promoted model in the running detectors (micro-batches, hot swap, refusal), off
+by default and then importing nothing heavy; the sessions in the stores."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +27,32 @@ from chargewatch.store.es_archive import SESSION_FIELDS, session_document, sessi
 from chargewatch.store.sqlite import SqliteAlertStore
 from detectors.model_scoring import RULE_ID, ModelScoringDetector, Scored, drain_alerts, scoring_detector
 from detectors.policy import Policy
-from detectors.rules import load_rules
+from detectors.rules import Rule, load_rules
 from detectors.stages import build_stages
 from models.features import ROW_COLUMNS, SCHEMA_FIELDS, SessionRow
 from models.registry import PACKAGED, Registry
 from models.synthetic import generate
 from tests.test_es_layout import drop_all
 
-SAMPLE = Path(__file__).resolve().parent.parent / "detectors" / "samples" / RULE_ID / "positive.jsonl"
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "detectors" / "samples" / RULE_ID / "positive.jsonl"
+DEMO = ROOT / "samples" / "demo.pcap"
+HEAVY = ("sklearn", "pandas", "numpy", "joblib", "scipy", "threadpoolctl")
+
+
+def enabled_rules() -> dict[str, Rule]:
+    """The shipped rules with CW-TX-006 enabled (what a policy's [rules.CW-TX-006] enabled = true does)."""
+    rules = load_rules()
+    return rules | {RULE_ID: replace(rules[RULE_ID], enabled=True)}
+
+
+def _policy_config(tmp_path: Path, enabled: bool) -> Path:
+    """A config file whose policy enables (or leaves disabled) CW-TX-006."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f"[rules.{RULE_ID}]\nenabled = {'true' if enabled else 'false'}\n")
+    config = tmp_path / "chargewatch.toml"
+    config.write_text(f'[detector]\npolicy_file = "{policy}"\n')
+    return config
 
 
 def _records(path: Path) -> list[OcppMessage]:
@@ -55,7 +75,7 @@ def _feed(detector: ModelScoringDetector, records: list[OcppMessage]) -> list[st
 
 def test_sessions_are_scored_in_micro_batches_not_one_by_one() -> None:
     fleet = generate(sessions=300, seed=3, anomaly_rate=0.05)
-    detector = ModelScoringDetector(load_rules(), fleet.policy)
+    detector = ModelScoringDetector(enabled_rules(), fleet.policy)
     detector.max_wait_s = 1e12  # only the batch size and the end of input flush here
     sizes: list[int] = []
     detector.on_scored = lambda scored: sizes.append(len(scored))
@@ -68,7 +88,7 @@ def test_sessions_are_scored_in_micro_batches_not_one_by_one() -> None:
 
 def test_anomalies_outscore_benign_sessions_through_the_detector() -> None:
     fleet = generate(sessions=400, seed=5, anomaly_rate=0.05)
-    detector = ModelScoringDetector(load_rules(), fleet.policy)
+    detector = ModelScoringDetector(enabled_rules(), fleet.policy)
     scored: list[Scored] = []
     detector.on_scored = scored.extend
     _feed(detector, [r for r in fleet.records if isinstance(r, OcppMessage)])
@@ -83,7 +103,7 @@ def test_anomalies_outscore_benign_sessions_through_the_detector() -> None:
 
 
 def test_wait_bound_is_message_time_and_end_of_input_drains() -> None:
-    rules = load_rules()
+    rules = enabled_rules()
     records = _records(SAMPLE)
     *session, heartbeat = records
     detector = ModelScoringDetector(rules, Policy())
@@ -98,8 +118,23 @@ def test_wait_bound_is_message_time_and_end_of_input_drains() -> None:
     assert _feed(again, [*session, heartbeat]) == ["10179"]  # 400 s later: past max_wait_s
 
 
-def test_runs_in_the_stages_with_the_sample() -> None:
+def test_off_by_default_and_in_the_stages_only_when_enabled_or_sessions_are_wanted() -> None:
     rules = load_rules()
+    assert rules[RULE_ID].enabled is False
+    assert scoring_detector(build_stages(rules, load_catalog(), Policy(), record_key).local.runner.detectors) is None
+    features_only = scoring_detector(
+        build_stages(rules, load_catalog(), Policy(), record_key, sessions=True).local.runner.detectors)
+    assert features_only is not None and not features_only.scoring
+    unscored: list[Scored] = []
+    features_only.on_scored = unscored.extend
+    assert _feed(features_only, _records(SAMPLE)) == []  # no finding: the rule is off
+    assert [s.row.transaction_id for s in unscored] == ["10179"]  # handed on at once, without a score
+    assert unscored[0].score is None and set(unscored[0].as_dict()) == set(ROW_COLUMNS)
+    assert features_only.model is None and features_only.batches == 0
+
+
+def test_runs_in_the_stages_with_the_sample() -> None:
+    rules = enabled_rules()
     stages = build_stages(rules, load_catalog(), Policy(), record_key)
     detector = scoring_detector(stages.local.runner.detectors)
     assert detector is not None
@@ -116,26 +151,27 @@ def _registry_copy(tmp_path: Path) -> Path:
 def test_newly_promoted_version_is_picked_up_without_restart(tmp_path: Path) -> None:
     root = _registry_copy(tmp_path)
     now = [0.0]
-    detector = ModelScoringDetector(load_rules(), Policy(), registry=root, clock=lambda: now[0])
-    assert detector.model is not None and detector.model.version == "v0001-lof"
+    detector = ModelScoringDetector(enabled_rules(), Policy(), registry=root, clock=lambda: now[0])
+    assert detector.model is None  # loaded at the first batch, not at start
+    *session, _ = _records(SAMPLE)
+    _feed(detector, session)
+    assert [f.evidence["model"] for f in detector.flush()] == ["lof@v0001-lof"]
     shutil.copytree(root / "v0001-lof", root / "v0002-lof")
     meta = json.loads((root / "v0002-lof" / "metadata.json").read_text())
     meta["version"] = "v0002-lof"
     (root / "v0002-lof" / "metadata.json").write_text(json.dumps(meta))
     Registry(root).promote("v0002-lof")
-    *session, _ = _records(SAMPLE)
-    _feed(detector, session)
+    detector.pending = _waiting(session)  # the same session again (its tracker saw it finish already)
     now[0] = 5.0  # before the check interval (10 s): still the old version
     assert [f.evidence["model"] for f in detector.flush()] == ["lof@v0001-lof"]
-    _feed(detector, session)  # the same session again (a new tracker would see it as a retransmission)
-    detector.pending = detector.pending or _waiting(session)
+    detector.pending = _waiting(session)
     now[0] = 11.0
     assert [f.evidence["model"] for f in detector.flush()] == ["lof@v0002-lof"]
     assert detector.model is not None and detector.model.version == "v0002-lof"
 
 
 def _waiting(session: list[OcppMessage]) -> list[tuple[SessionRow, OcppMessage]]:
-    detector = ModelScoringDetector(load_rules(), Policy())
+    detector = ModelScoringDetector(enabled_rules(), Policy())
     _feed(detector, session)
     return detector.pending
 
@@ -147,7 +183,7 @@ def test_refused_promoted_model_fails_at_start_naming_the_file(tmp_path: Path) -
     meta["features"] = meta["features"][:-1]
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(ModelError, match=r"v0001-lof.*registry.*features"):
-        ModelScoringDetector(load_rules(), Policy(), registry=root)
+        ModelScoringDetector(enabled_rules(), Policy(), registry=root)
 
 
 # --- sessions in the stores ----------------------------------------------------------------------
@@ -156,7 +192,7 @@ def test_refused_promoted_model_fails_at_start_naming_the_file(tmp_path: Path) -
 def _scored_sessions() -> list[dict[str, Any]]:
     """The sample's session plus a benign synthetic one, scored by the detector."""
     fleet = generate(sessions=40, seed=11, anomaly_rate=0.0)
-    detector = ModelScoringDetector(load_rules(), Policy())
+    detector = ModelScoringDetector(enabled_rules(), Policy())
     scored: list[Scored] = []
     detector.on_scored = scored.extend
     _feed(detector, [*_records(SAMPLE), *(r for r in fleet.records if isinstance(r, OcppMessage))])
@@ -206,12 +242,59 @@ def test_sqlite_sessions_are_idempotent_and_filtered(tmp_path: Path) -> None:
         store.close()
 
 
+def _analyze_and_list_heavy_modules(tmp_path: Path, config: Path, *args: str) -> tuple[list[str], list[str]]:
+    """Run ``chargewatch analyze`` on the demo in a fresh interpreter: its alert lines and which
+    heavy modules (HEAVY) the process had imported by the end."""
+    out = tmp_path / "alerts.jsonl"
+    code = ("import sys; from chargewatch.cli import main; "
+            f"rc = main(['--config', {str(config)!r}, 'analyze', {str(DEMO)!r}, '--format', 'jsonl', "
+            f"'--out', {str(out)!r}, '--no-progress', *{list(args)!r}]); "
+            f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules)); sys.exit(rc)")
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    return out.read_text().splitlines(), done.stdout.split()
+
+
+def test_analyze_imports_nothing_heavy_while_the_rule_is_disabled(tmp_path: Path) -> None:
+    lines, heavy = _analyze_and_list_heavy_modules(tmp_path, _policy_config(tmp_path, enabled=False))
+    assert heavy == [] and len(lines) == 4 and not any(RULE_ID in line for line in lines)
+    # --store wants the sessions: their features, still without pandas or scikit-learn.
+    db = tmp_path / "s.db"
+    lines, heavy = _analyze_and_list_heavy_modules(tmp_path, _policy_config(tmp_path, enabled=False),
+                                                   "--store", str(db))
+    assert heavy == [] and not any(RULE_ID in line for line in lines)
+    store = SqliteAlertStore(db, create=False)
+    try:
+        docs = store.transactions(limit=100)
+    finally:
+        store.close()
+    assert {d["ocpp"]["charge_point_id"] for d in docs} == {"RDAM 123", "CP16-001"}
+    assert all("anomaly" not in d["chargewatch"] for d in docs)  # features only, no score
+    # Enabled: scikit-learn is imported, once there was a session to score.
+    lines, heavy = _analyze_and_list_heavy_modules(tmp_path, _policy_config(tmp_path, enabled=True))
+    assert {"sklearn", "numpy", "pandas"} <= set(heavy) and sum(RULE_ID in line for line in lines) == 1
+
+
+def test_enabled_detector_checks_the_model_at_start_and_loads_it_at_the_first_batch() -> None:
+    code = ("import sys; from dataclasses import replace; from detectors.rules import load_rules; "
+            "from detectors.model_scoring import ModelScoringDetector; from detectors.policy import Policy; "
+            f"rules = load_rules(); rules[{RULE_ID!r}] = replace(rules[{RULE_ID!r}], enabled=True); "
+            "d = ModelScoringDetector(rules, Policy()); "
+            f"print(d.model, ' '.join(m for m in {HEAVY!r} if m in sys.modules))")
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["None"]
+
+
 def test_analyze_store_keeps_the_scored_sessions(tmp_path: Path) -> None:
-    demo = SAMPLE.parents[3] / "samples" / "demo.pcap"
     db = tmp_path / "a.db"
-    env = os.environ | {"PYTHONPATH": str(SAMPLE.parents[3])}
-    done = subprocess.run([sys.executable, "-m", "chargewatch.cli", "analyze", str(demo), "--store", str(db),
-                           "--no-progress", "--format", "jsonl"], capture_output=True, text=True, env=env, check=False)
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "chargewatch.cli", "--config", str(_policy_config(tmp_path, True)),
+                           "analyze", str(DEMO), "--store", str(db), "--no-progress", "--format", "jsonl"],
+                          capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 0, done.stderr
     flagged = [json.loads(line) for line in done.stdout.splitlines() if RULE_ID in line]
     assert [a["ocpp"]["charge_point_id"] for a in flagged] == ["RDAM 123"]  # 15.2 kWh in 10 ms
