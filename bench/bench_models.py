@@ -18,6 +18,7 @@ import dataclasses
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chargewatch.model import OcppMessage
-from detectors.model_scoring import ModelScoringDetector
-from detectors.rules import load_rules
+from detectors.model_scoring import RULE_ID, ModelScoringDetector
+from detectors.rules import Rule, load_rules
 from models.estimators import MODELS
 from models.features import SessionRow, rows_frame
 from models.synthetic import generate
@@ -35,11 +36,17 @@ from models.training import make_model
 Pending = list[tuple[SessionRow, OcppMessage]]
 
 
+def enabled_rules() -> dict[str, Rule]:
+    """The shipped rules with CW-TX-006 enabled (it is off by default)."""
+    rules = load_rules()
+    return rules | {RULE_ID: replace(rules[RULE_ID], enabled=True)}
+
+
 def finished_sessions(sessions: int, seed: int) -> tuple[ModelScoringDetector, Pending]:
     """A detector on the shipped promoted model, and the finished sessions of a synthetic fleet
     as its queue holds them (fed through the detector itself; nothing scored yet)."""
     fleet = generate(sessions=sessions, seed=seed)
-    detector = ModelScoringDetector(load_rules(), fleet.policy)
+    detector = ModelScoringDetector(enabled_rules(), fleet.policy)
     detector.batch_size, detector.max_wait_s = 1 << 30, float("inf")
     wanted = detector.actions
     for record in fleet.records:
@@ -51,16 +58,15 @@ def finished_sessions(sessions: int, seed: int) -> tuple[ModelScoringDetector, P
 def use_model(detector: ModelScoringDetector, name: str, pending: Pending) -> None:
     """Fit model kind name on the sessions and make it the detector's current model (threshold:
     the 99th percentile of its training scores, as a 1 % false-positive target)."""
-    if detector.promoted is None:
-        raise SystemExit("CW-TX-006 is disabled: nothing to benchmark")
     frame = rows_frame(row for row, _ in pending)
     model = make_model(name).fit(frame)
     threshold = float(np.percentile(model.score(frame), 99))
-    current = detector.promoted.current
+    promoted = detector.promoted_model()  # the shipped promoted model, loaded as at a first batch
+    current = promoted.current
     metadata = current.metadata | {"model": name, "threshold": threshold}
-    detector.promoted.current = dataclasses.replace(current, model=model, version=f"bench-{name}", metadata=metadata)
+    promoted.current = dataclasses.replace(current, model=model, version=f"bench-{name}", metadata=metadata)
     detector.min_score = 0.0
-    detector.promoted.check_interval_s = float("inf")  # the fitted model stays: no registry checks
+    promoted.check_interval_s = float("inf")  # the fitted model stays: no registry checks
 
 
 def rate(detector: ModelScoringDetector, pending: Pending, batch: int, limit: int) -> tuple[float, int]:
@@ -85,7 +91,7 @@ def main() -> int:
     if args.smoke:
         args.sessions, args.single = 600, 40
     detector, pending = finished_sessions(args.sessions, args.seed)
-    batch = int(load_rules()["CW-TX-006"].param("batch_size"))
+    batch = int(load_rules()[RULE_ID].param("batch_size"))
     per_model: dict[str, dict[str, float]] = {}
     figures: dict[str, object] = {"sessions": len(pending), "batch_size": batch, "models": per_model}
     for name in MODELS:

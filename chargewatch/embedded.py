@@ -98,7 +98,8 @@ def load_stages(config: Config, sessions: bool = False) -> Stages:
     policy_path = Path(config.detector.policy_file).expanduser() if config.detector.policy_file else None
     policy = load_policy(policy_path)
     rules = apply_overrides(load_rules(), policy.rules, str(policy_path))
-    return build_stages(rules, load_catalog(), policy, key_function(config.detector.state_key), sessions)
+    models = Path(config.models.registry_dir).expanduser() if config.models.registry_dir else None
+    return build_stages(rules, load_catalog(), policy, key_function(config.detector.state_key), sessions, models)
 
 
 def analyze(paths: Iterable[Path], config: Config, progress: Callable[[int], None] | None = None,

@@ -120,9 +120,10 @@ class ModelScoringDetector:
         self.max_wait_s = float(rule.param("max_wait_s"))
         self.top = int(rule.param("top_features"))
         self.min_score = float(rule.param("min_score"))
+        # The rule's registry_dir, else the deployment's ([models] registry_dir, passed as
+        # registry), else the registry shipped in the package.
         configured = str(rule.param("registry_dir"))
-        self.registry = registry if registry is not None else (
-            Path(configured).expanduser() if configured else PACKAGED)
+        self.registry = Path(configured).expanduser() if configured else (registry or PACKAGED)
         self.features = SessionFeatures(policy)
         self.pending: list[tuple[SessionRow, OcppMessage]] = []
         # Findings of scored sessions by charge point, handed out with that charge point's next
@@ -135,7 +136,7 @@ class ModelScoringDetector:
         self.scoring = rule.enabled
         self.check_interval_s = float(rule.param("check_interval_s"))
         self.clock = clock
-        self.promoted: PromotedModel | None = None  # loaded at the first batch (see _promoted)
+        self.promoted: PromotedModel | None = None  # loaded at the first batch (promoted_model)
         if self.scoring:  # ModelError here: a refused promoted model stops the start, naming the file
             check_promoted(self.registry)
 
@@ -144,7 +145,7 @@ class ModelScoringDetector:
         """The model scoring now (None before the first batch or when the rule is disabled)."""
         return None if self.promoted is None else self.promoted.current
 
-    def _promoted(self) -> PromotedModel:
+    def promoted_model(self) -> PromotedModel:
         """The promoted model, loaded on first use: scikit-learn and the model are imported and
         unpickled only once there is something to score."""
         if self.promoted is None:
@@ -193,7 +194,7 @@ class ModelScoringDetector:
             self.pending = []
             return []
         pending, self.pending = self.pending, []
-        promoted = self._promoted()
+        promoted = self.promoted_model()
         promoted.refresh()
         model = promoted.current
         frame = rows_frame(row for row, _ in pending)

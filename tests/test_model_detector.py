@@ -26,8 +26,8 @@ from chargewatch.store.elastic import ElasticAlertStore
 from chargewatch.store.es_archive import SESSION_FIELDS, session_document, session_row
 from chargewatch.store.sqlite import SqliteAlertStore
 from detectors.model_scoring import RULE_ID, ModelScoringDetector, Scored, drain_alerts, scoring_detector
-from detectors.policy import Policy
-from detectors.rules import Rule, load_rules
+from detectors.policy import Policy, RuleOverride
+from detectors.rules import Rule, apply_overrides, load_rules
 from detectors.stages import build_stages
 from models.features import ROW_COLUMNS, SCHEMA_FIELDS, SessionRow
 from models.registry import PACKAGED, Registry
@@ -333,3 +333,19 @@ def test_elasticsearch_sessions_and_features_export(service_config: Config, tmp_
     finally:
         drop_all(store)
         store.close()
+
+
+def test_the_detector_uses_the_deployments_registry_unless_the_rule_names_one(tmp_path: Path) -> None:
+    from chargewatch.config import load_config
+    from chargewatch.embedded import load_stages
+
+    root = _registry_copy(tmp_path)
+    config_file = _policy_config(tmp_path, enabled=True)
+    config_file.write_text(config_file.read_text() + f'[models]\nregistry_dir = "{root}"\n')
+    detector = scoring_detector(load_stages(load_config(config_file)).local.runner.detectors)
+    assert detector is not None and detector.registry == root  # [models] registry_dir, as `models promote`
+    named = tmp_path / "named"
+    shutil.copytree(root, named)
+    override = RuleOverride(True, {"registry_dir": str(named)})
+    rules = apply_overrides(load_rules(), {RULE_ID: override}, "test policy")
+    assert ModelScoringDetector(rules, Policy(), registry=root).registry == named
