@@ -66,10 +66,11 @@ lint:
 unit:
 	$(PYTHON) -m pytest -m "not services" -q
 
-bench:  ## full benchmarks: analyze vs tshark on a 120k-packet capture; detector throughput and memory; proxy latency
+bench:  ## full benchmarks: analyze vs tshark on a 120k-packet capture; detector throughput and memory; proxy latency; model scoring
 	$(PYTHON) bench/bench_analyze.py
 	$(PYTHON) bench/bench_detectors.py
 	$(PYTHON) bench/bench_proxy.py
+	$(PYTHON) bench/bench_models.py
 
 # The whole suite: installs, starts the real services, runs everything, stops them.
 test: install-dev system-deps lint
@@ -79,6 +80,7 @@ test: install-dev system-deps lint
 	$(PYTHON) bench/bench_analyze.py --smoke || status=$$?; \
 	$(PYTHON) bench/bench_detectors.py --smoke || status=$$?; \
 	$(PYTHON) bench/bench_proxy.py --smoke || status=$$?; \
+	$(PYTHON) bench/bench_models.py --smoke || status=$$?; \
 	$(PYTHON) -m chargewatch.devstack down || true; \
 	exit $$status
 

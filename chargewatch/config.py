@@ -37,6 +37,11 @@ class KafkaConfig:
     # command's action), keyed "<stage>:<key>", consumed by `chargewatch detect --stage correlation`.
     correlation_topic: str = "ocpp.correlation"
     correlation_group: str = "chargewatch-correlation"
+    # One session document per finished charging session (features; score and model version
+    # when CW-TX-006 is enabled), published by `chargewatch detect`, keyed by charge point, and
+    # indexed by `chargewatch index --what sessions|all`. Empty: not published (and the session
+    # features are then only computed when CW-TX-006 is enabled).
+    sessions_topic: str = "ocpp.sessions"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from chargewatch.redaction import Redactor
 from collectors.pcap import read_capture
 from collectors.pcapfile import PCAP_MAGICS, PCAPNG_MAGIC
 from collectors.stats import CollectorStats, DeadLetter
+from detectors.model_scoring import Scored, end_of_input, scoring_detector
 from detectors.policy import load_policy
 from detectors.rules import apply_overrides, load_rules
 from detectors.stages import Stages, build_stages
@@ -91,29 +92,39 @@ class _Batch:
             self.after()
 
 
-def load_stages(config: Config) -> Stages:
-    """Every detector stage (per charge point, then correlation) with the rules and the policy."""
+def load_stages(config: Config, sessions: bool = False) -> Stages:
+    """Every detector stage (per charge point, then correlation) with the rules and the policy;
+    sessions: keep session features for a store or topic even when CW-TX-006 is disabled."""
     policy_path = Path(config.detector.policy_file).expanduser() if config.detector.policy_file else None
     policy = load_policy(policy_path)
     rules = apply_overrides(load_rules(), policy.rules, str(policy_path))
-    return build_stages(rules, load_catalog(), policy, key_function(config.detector.state_key))
+    models = Path(config.models.registry_dir).expanduser() if config.models.registry_dir else None
+    return build_stages(rules, load_catalog(), policy, key_function(config.detector.state_key), sessions, models)
 
 
 def analyze(paths: Iterable[Path], config: Config, progress: Callable[[int], None] | None = None,
-            on_record: Callable[[Record], None] | None = None, workers: int = 1) -> AnalysisResult:
+            on_record: Callable[[Record], None] | None = None, workers: int = 1,
+            on_sessions: Callable[[list[Scored]], None] | None = None) -> AnalysisResult:
     """Decode every capture (or OCPP log) and run the detectors over it, in file order.
 
     With workers > 1 the charge points are split over that many processes (see
-    :mod:`chargewatch.parallel`); the result is the same as with one.
+    :mod:`chargewatch.parallel`); the result is the same as with one. on_sessions receives every
+    batch of sessions the anomaly model scored (CW-TX-006; one process then).
     """
     paths = list(paths)
-    if workers > 1 and on_record is None:
+    if workers > 1 and on_record is None and on_sessions is None:
         from chargewatch.parallel import analyze_parallel
 
         return analyze_parallel(paths, config, workers)
     result = AnalysisResult()
-    sink = _RunnerSink(load_stages(config), result, on_record)
+    stages = load_stages(config, sessions=on_sessions is not None)
+    scoring = scoring_detector(stages.local.runner.detectors)
+    if scoring is not None:
+        scoring.on_scored = on_sessions
+    sink = _RunnerSink(stages, result, on_record)
     read_all(paths, config, sink, result, progress)
+    for alert in end_of_input(stages.local.runner):  # sessions still waiting for their micro-batch
+        result.by_id[alert.id] = alert
     return result
 
 

@@ -29,6 +29,7 @@ from chargewatch.embedded import AnalysisResult, load_stages, read_all
 from chargewatch.errors import ChargewatchError
 from chargewatch.model import Record
 from collectors.stats import DeadLetter
+from detectors.model_scoring import end_of_input
 
 Position = tuple[int, int, int]  # (file index, frame number, order within this share)
 Routed = tuple[Position, str, str, Record]  # position, correlation stage, key, record
@@ -121,6 +122,8 @@ def _run_share(paths: list[Path], config: Config, index: int, count: int, share:
     for file_index, path in enumerate(paths):
         sink.file_index = file_index
         read_all([path], config, sink, share.result, share=(index, count), after_batch=after_batch)
+    for alert in end_of_input(sink.stages.local.runner):  # sessions still waiting for their micro-batch
+        share.result.by_id[alert.id] = alert
 
 
 def _child(paths: list[Path], config: Config, index: int, count: int, out: Outbox) -> None:

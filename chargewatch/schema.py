@@ -158,12 +158,14 @@ TRANSACTION_FIELDS: dict[str, dict[str, Any]] = {
     "chargewatch.session.duration_s": {"type": "float"},
     "chargewatch.session.avg_power_w": {"type": "float"},
     "chargewatch.session.peak_power_w": {"type": "float"},
+    "chargewatch.session.rated_power_w": {"type": "float"},  # connector rating (policy, else fleet default)
     "chargewatch.session.power_ratio": {"type": "float"},  # peak power / connector rating
     "chargewatch.session.idle_s": {"type": "float"},  # connected after charging stopped
     "chargewatch.session.start_hour": {"type": "long"},
     "chargewatch.session.weekday": {"type": "long"},
     "chargewatch.session.meter_samples": {"type": "long"},
     "chargewatch.session.max_sample_gap_s": {"type": "float"},
+    "chargewatch.session.register_drop_wh": {"type": "float"},  # total fall of the meter register
     "chargewatch.session.token_sessions_24h": {"type": "long"},
     "chargewatch.session.token_charge_points_24h": {"type": "long"},
     "chargewatch.anomaly.score": {"type": "float"},  # higher = more anomalous

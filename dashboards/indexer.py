@@ -1,7 +1,7 @@
 """The indexer stage: Kafka → Elasticsearch, bulk-written, offsets committed after.
 
-Two consume loops, run by one process (``chargewatch index``, ``--what all``) or by separate
-ones (``--what alerts`` / ``--what messages``):
+Three consume loops, run by one process (``chargewatch index``, ``--what all``) or by separate
+ones (``--what alerts`` / ``messages`` / ``sessions``):
 
 - **alerts**: the alerts topic into the alerts index (consumer group ``[kafka] indexer_group``).
   Alerts keep their deterministic id, so a crash re-indexes at most one batch and duplicates
@@ -9,6 +9,10 @@ ones (``--what alerts`` / ``--what messages``):
 - **archive**: the messages topic into the message archive and the asset inventory (group
   ``<indexer_group>-archive``). Records keep their identity as id, so redelivery overwrites
   nothing and counts nothing twice.
+- **sessions**: the sessions topic (one document per finished charging session, published by
+  the detector stage) into ``<prefix>-transactions`` (group ``<indexer_group>-sessions``). The
+  document id comes from charge point and transaction id, so a session indexed again replaces
+  itself (a later score of the same session included).
 
 Each loop commits a batch's offsets only after its bulk write returned (Elasticsearch
 acknowledges a write once it is in its translog). Both add the charge point's site from the
@@ -31,20 +35,24 @@ from typing import Any, Generic, TypeVar
 from chargewatch.alerts import Alert
 from chargewatch.config import Config
 from chargewatch.consumer import LoopStats, make_consumer, run_loop
-from chargewatch.errors import DecodeError
+from chargewatch.errors import ConfigError, DecodeError
 from chargewatch.faults import FaultPoints
 from chargewatch.kafkaio import ensure_topics
 from chargewatch.model import Record, record_from_dict
 from chargewatch.store.elastic import ElasticAlertStore
+from chargewatch.store.es_archive import session_row
 from chargewatch.store.es_retention import RetentionSweeper
 from detectors.policy import Policy, load_policy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-WHAT = ("all", "alerts", "messages")
+WHAT = ("all", "alerts", "messages", "sessions")
 BATCH = 1_000
 ARCHIVE_POINT = "records_archived"  # fault point of the archive loop (crash tests)
+SESSIONS_POINT = "sessions_indexed"  # fault point of the sessions loop
+#: What a session document must name to be indexed (its id and time come from them).
+SESSION_KEYS = ("charge_point_id", "transaction_id", "start", "end")
 
 
 class Sites:
@@ -141,12 +149,38 @@ class ArchiveStage(_BufferingStage[Record]):
         self.faults.hit(ARCHIVE_POINT)
 
 
+class SessionsStage(_BufferingStage[dict[str, Any]]):
+    """Buffers a batch of session documents and indexes them on flush."""
+
+    what = "a session document"
+    errors = (ValueError, KeyError, TypeError)
+
+    def __init__(self, store: ElasticAlertStore, faults: FaultPoints, sites: Sites) -> None:
+        super().__init__(store, faults, sites)
+        self.indexed = 0
+
+    def parse(self, value: bytes) -> dict[str, Any]:
+        doc = json.loads(value)
+        if not isinstance(doc, dict):
+            raise TypeError(f"a {type(doc).__name__}, not an object")
+        row = session_row(doc)
+        missing = [key for key in SESSION_KEYS if key not in row]
+        if missing:
+            raise KeyError(f"no {', '.join(missing)}")
+        return row
+
+    def flush(self) -> None:
+        self.indexed += self.store.put_sessions(self.take())
+        self.faults.hit(SESSIONS_POINT)
+
+
 @dataclass
 class IndexerRun:
     """What ``chargewatch index`` did, per loop."""
 
     alerts: tuple[LoopStats, IndexerStage] | None = None
     archive: tuple[LoopStats, ArchiveStage] | None = None
+    sessions: tuple[LoopStats, SessionsStage] | None = None
     sweeps: int = 0
     sweep_failures: int = 0
     errors: list[BaseException] = field(default_factory=list)
@@ -161,16 +195,22 @@ class IndexerRun:
             stats, archive = self.archive
             parts.append(f"archive: {stats.records} records in {stats.batches} batches, {archive.archived} new, "
                          f"{archive.bad_records} bad records")
+        if self.sessions:
+            stats, sessions = self.sessions
+            parts.append(f"sessions: {stats.records} records in {stats.batches} batches, {sessions.indexed} written, "
+                         f"{sessions.bad_records} bad records")
         parts.append(f"retention sweeps: {self.sweeps} ({self.sweep_failures} failed)")
         return "indexer: " + "; ".join(parts)
 
 
 def fault_points(spec: str | None, loop: str, what: str) -> FaultPoints:
     """The crash-test points of one loop: the archive loop owns ``records_archived`` (and, alone
-    with ``--what messages``, the consume loop's points); the alerts loop owns the rest."""
+    with ``--what messages``, the consume loop's points), the sessions loop ``sessions_indexed``
+    (and the consume loop's points with ``--what sessions``); the alerts loop owns the rest."""
     point = spec.partition(":")[0] if spec else None
-    archive_only = point == ARCHIVE_POINT or what == "messages"
-    return FaultPoints(spec if (loop == "archive") == archive_only else None)
+    owner = ("archive" if point == ARCHIVE_POINT or what == "messages" else
+             "sessions" if point == SESSIONS_POINT or what == "sessions" else "alerts")
+    return FaultPoints(spec if loop == owner else None)
 
 
 def run_indexer(config: Config, store: ElasticAlertStore, kill_at: str | None, idle_exit: float | None,
@@ -179,7 +219,12 @@ def run_indexer(config: Config, store: ElasticAlertStore, kill_at: str | None, i
     interrupted), with the retention sweep in the background. Raises the first loop's error."""
     cfg = config.kafka
     fault_points(kill_at, "alerts", what)  # validate the spec before anything starts
-    topics = [t for t, on in ((cfg.alerts_topic, what != "messages"), (cfg.messages_topic, what != "alerts")) if on]
+    wanted = {"alerts": what in ("all", "alerts"), "messages": what in ("all", "messages"),
+              "sessions": what in ("all", "sessions") and bool(cfg.sessions_topic)}
+    if what == "sessions" and not cfg.sessions_topic:
+        raise ConfigError("index --what sessions: [kafka] sessions_topic is empty (no sessions are published)")
+    topics = [t for t, on in ((cfg.alerts_topic, wanted["alerts"]), (cfg.messages_topic, wanted["messages"]),
+                              (cfg.sessions_topic, wanted["sessions"])) if on]
     ensure_topics(cfg, topics)
     store.setup()
     policy_file = config.detector.policy_file
@@ -187,14 +232,18 @@ def run_indexer(config: Config, store: ElasticAlertStore, kill_at: str | None, i
     run = IndexerRun()
     stop = threading.Event()
     loops: list[Callable[[], None]] = []
-    if what != "messages":
+    if wanted["alerts"]:
         alerts = IndexerStage(store, fault_points(kill_at, "alerts", what), sites)
         loops.append(lambda: _loop(config, cfg.indexer_group, cfg.alerts_topic, alerts, idle_exit, stop,
                                    lambda s: setattr(run, "alerts", (s, alerts))))
-    if what != "alerts":
+    if wanted["messages"]:
         archive = ArchiveStage(store, fault_points(kill_at, "archive", what), sites)
         loops.append(lambda: _loop(config, f"{cfg.indexer_group}-archive", cfg.messages_topic, archive, idle_exit,
                                    stop, lambda s: setattr(run, "archive", (s, archive))))
+    if wanted["sessions"]:
+        sessions = SessionsStage(store, fault_points(kill_at, "sessions", what), sites)
+        loops.append(lambda: _loop(config, f"{cfg.indexer_group}-sessions", cfg.sessions_topic, sessions, idle_exit,
+                                   stop, lambda s: setattr(run, "sessions", (s, sessions))))
     sweeper = RetentionSweeper(store.sweep, config.elasticsearch.retention_sweep_interval_s)
     sweeper.start()
     try:
@@ -207,7 +256,8 @@ def run_indexer(config: Config, store: ElasticAlertStore, kill_at: str | None, i
     return run
 
 
-def _loop(config: Config, group: str, topic: str, stage: IndexerStage | ArchiveStage, idle_exit: float | None,
+def _loop(config: Config, group: str, topic: str, stage: IndexerStage | ArchiveStage | SessionsStage,
+          idle_exit: float | None,
           stop: threading.Event, done: Callable[[LoopStats], None]) -> None:
     consumer = make_consumer(config.kafka, group, BATCH)
     try:

@@ -70,7 +70,10 @@ class DetectorRunner:
     def __init__(self, detectors: Iterable[Detector], rules: dict[str, Rule], key: KeyFn = record_key,
                  track_context: bool = True, lateness_s: float = 0.0) -> None:
         self.rules = rules
-        self.detectors = [d for d in detectors if any(rules[r].enabled for r in d.rule_ids)]
+        # A detector runs when one of its rules is enabled, or when it asks to (``always_run``:
+        # CW-TX-006 hands on session features for a store or topic with its rule disabled).
+        self.detectors = [d for d in detectors
+                          if getattr(d, "always_run", False) or any(rules[r].enabled for r in d.rule_ids)]
         self.key = key
         self.track_context = track_context
         self.lateness_s = lateness_s

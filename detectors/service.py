@@ -8,6 +8,13 @@ so they are acknowledged before the batch's offsets are committed. The correlati
 (``--stage correlation``) consumes that topic in its own group, so each process owns whole
 idTags / command actions.
 
+The per-charge-point stage also publishes one session document per finished charging session
+to ``[kafka] sessions_topic`` (when set), keyed by charge point, through the same producer: the
+features, and the score and model version when CW-TX-006 is enabled. Documents have a
+deterministic id downstream (charge point and transaction id), so a session published again
+after a crash or a replay overwrites itself. When the stage stops idle (``--idle-exit``), the
+sessions still waiting for their micro-batch are scored and published with their alerts.
+
 When a partition is assigned, its state is rebuilt by replaying the retained records before
 the committed offset with output suppressed; detector state therefore survives any crash or
 rebalance, bounded by the topic's retention (keep both topics retained at least as long as
@@ -26,7 +33,9 @@ from chargewatch.errors import DecodeError
 from chargewatch.faults import FaultPoints
 from chargewatch.kafkaio import DurableProducer, decode, ensure_topics, make_producer
 from chargewatch.model import Record, record_from_dict
+from chargewatch.store.es_archive import session_document
 from collectors.stats import DeadLetter
+from detectors.model_scoring import Scored, end_of_input, scoring_detector
 from detectors.stages import Stages
 
 STAGES = ("charge_point", "correlation")
@@ -48,6 +57,10 @@ class DetectorStage:
         self.alerts = 0
         self.forwarded = 0
         self.bad_records = 0
+        self.sessions = 0
+        scoring = scoring_detector(stages.local.runner.detectors) if stage == "charge_point" else None
+        if scoring is not None and self.cfg.sessions_topic:
+            scoring.on_scored = self._publish_sessions
 
     def assigned(self, partitions: set[Any]) -> None:
         self._cold |= partitions
@@ -66,13 +79,29 @@ class DetectorStage:
         if tp in self._cold:
             self._warm(tp)
         for rec in records:
-            for alert in self._process(tp, rec, emit=True):
-                # A correlation storm's first occurrence (hence its charge point) may change as
-                # late records arrive: key its versions by the alert id to keep them in order.
-                key = alert.id if self.stage == "correlation" else alert.charge_point_id
-                self._send(self.cfg.alerts_topic, key, alert.to_document())
-                self.alerts += 1
-                self.faults.hit("alert_sent")
+            self._publish_alerts(self._process(tp, rec, emit=True))
+
+    def _publish_alerts(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            # A correlation storm's first occurrence (hence its charge point) may change as
+            # late records arrive: key its versions by the alert id to keep them in order.
+            key = alert.id if self.stage == "correlation" else alert.charge_point_id
+            self._send(self.cfg.alerts_topic, key, alert.to_document())
+            self.alerts += 1
+            self.faults.hit("alert_sent")
+
+    def _publish_sessions(self, batch: list[Scored]) -> None:
+        """CW-TX-006's finished sessions (scored or not) to the sessions topic."""
+        for scored in batch:
+            self._send(self.cfg.sessions_topic, scored.row.charge_point_id, session_document(scored.as_dict()))
+            self.sessions += 1
+
+    def end_of_input(self) -> None:
+        """The stage stops: score the sessions still waiting for their micro-batch, publish them
+        and their alerts, and make it durable (their records' offsets are committed already)."""
+        if self.stage == "charge_point":
+            self._publish_alerts(end_of_input(self.stages.local.runner))
+        self.flush()
 
     def _process(self, tp: Any, rec: Any, emit: bool) -> list[Alert]:
         try:
@@ -144,16 +173,18 @@ def run_detector(config: Config, stages: Stages, faults: FaultPoints, idle_exit:
                  stage_name: str = "charge_point") -> tuple[LoopStats, DetectorStage]:
     """Run one detector stage until idle for idle_exit seconds (None: until interrupted)."""
     cfg = config.kafka
-    ensure_topics(cfg, [cfg.messages_topic, cfg.correlation_topic, cfg.alerts_topic, cfg.deadletter_topic])
+    correlation = stage_name == "correlation"
+    ensure_topics(cfg, [cfg.messages_topic, cfg.correlation_topic, cfg.alerts_topic, cfg.deadletter_topic,
+                        *([cfg.sessions_topic] if cfg.sessions_topic and not correlation else [])])
     producer = DurableProducer(make_producer(cfg))
     stage = DetectorStage(config, stages, producer, faults, stage_name)
-    correlation = stage_name == "correlation"
     consumer = make_consumer(cfg, cfg.correlation_group if correlation else cfg.detector_group,
                              config.detector.batch_size)
     stage.consumer = consumer
     try:
         stats = run_loop(consumer, cfg.correlation_topic if correlation else cfg.messages_topic, stage, faults,
                          idle_exit)
+        stage.end_of_input()
     finally:
         consumer.close(autocommit=False)
         producer.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from chargewatch.alerts import Alert
@@ -270,11 +271,14 @@ class Stages:
             stage.router.drop(keys)
 
 
-def build_stages(rules: dict[str, Rule], catalog: Catalog, policy: Policy, key: KeyFn) -> Stages:
+def build_stages(rules: dict[str, Rule], catalog: Catalog, policy: Policy, key: KeyFn,
+                 sessions: bool = False, models: Path | None = None) -> Stages:
     """Every stage with its registered detectors; a correlation stage none of whose rules is
-    enabled is left out (the per-charge-point stage then forwards nothing for it)."""
+    enabled is left out (the per-charge-point stage then forwards nothing for it). sessions:
+    session features are wanted; models: the model registry (both: see
+    :func:`detectors.registry.default_detectors`)."""
     local = Stage("charge_point", KeyRouter(lambda r: (key(r),)),
-                  DetectorRunner(default_detectors(rules, catalog, policy), rules, key))
+                  DetectorRunner(default_detectors(rules, catalog, policy, sessions, models), rules, key))
     by_kind: dict[str, list[Any]] = {"id_tag": [], "fleet": [], "client_ip": []}
     for det in correlation_detectors(rules, catalog, policy):
         by_kind[getattr(det, "route", "id_tag")].append(det)

@@ -42,13 +42,14 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from chargewatch.model import OcppMessage, Record
 from detectors.metering import MIN_INTERVAL_S, TRACKED, Session, TransactionTracker
 from detectors.policy import Policy
+
+if TYPE_CHECKING:  # pandas is imported by the functions that build frames, not by the detectors
+    import pandas as pd
 
 #: The numeric model inputs, in the order every model and the registry's metadata use.
 FEATURE_COLUMNS: tuple[str, ...] = (
@@ -68,8 +69,9 @@ SCHEMA_FIELDS: dict[str, str] = {
     "stop_reason": "ocpp.stop_reason", "remote_start": "ocpp.remote_start", "site": "chargewatch.site",
     "start": "event.start", "end": "event.end",
     **{name: f"chargewatch.session.{name}" for name in (
-        "energy_wh", "duration_s", "avg_power_w", "peak_power_w", "power_ratio", "idle_s", "start_hour",
-        "weekday", "meter_samples", "max_sample_gap_s", "token_sessions_24h", "token_charge_points_24h")},
+        "energy_wh", "duration_s", "avg_power_w", "peak_power_w", "rated_power_w", "power_ratio", "idle_s",
+        "start_hour", "weekday", "meter_samples", "max_sample_gap_s", "register_drop_wh", "token_sessions_24h",
+        "token_charge_points_24h")},
 }
 INT_FEATURES = frozenset({"start_hour", "weekday", "meter_samples", "remote_start", "token_sessions_24h",
                           "token_charge_points_24h"})  # integers in a frame (floats for the models)
@@ -226,6 +228,8 @@ class SessionFeatures:
 
 def rows_frame(rows: Iterable[SessionRow]) -> pd.DataFrame:
     """Session rows as a DataFrame: :data:`ROW_COLUMNS`, ``start``/``end`` as UTC datetimes."""
+    import pandas as pd
+
     frame = pd.DataFrame.from_records([row.as_dict() for row in rows], columns=list(ROW_COLUMNS))
     for name in ("start", "end"):
         frame[name] = pd.to_datetime(frame[name].astype("float64"), unit="s", utc=True)

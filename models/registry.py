@@ -32,19 +32,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as installed_version
 from pathlib import Path
-from typing import Any
-
-import joblib
-import numpy as np
-import pandas as pd
-import sklearn
+from typing import TYPE_CHECKING, Any
 
 from chargewatch.config import Config
 from chargewatch.errors import ModelError
-from models.estimators import Contributions, SessionDetector
 from models.features import FEATURE_COLUMNS
-from models.training import Trained
+
+if TYPE_CHECKING:  # scikit-learn, joblib, numpy and pandas are imported when a model is loaded or saved
+    import numpy as np
+    import pandas as pd
+
+    from models.estimators import Contributions, SessionDetector
+    from models.training import Trained
 
 ARTIFACT, METADATA, POINTER = "model.joblib", "metadata.json", "promoted"
 VERSION = re.compile(r"^v(\d{4,})-[a-z0-9_]+$")
@@ -140,6 +142,8 @@ class Registry:
     def save(self, trained: Trained, name: str) -> str:
         """Store a trained model as the next version; its name (e.g. ``v0003-robust_z``)."""
         self.root.mkdir(parents=True, exist_ok=True)
+        import joblib
+
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the version from detectors run as another user
         try:
@@ -182,8 +186,10 @@ class Registry:
         finally:
             os.close(dir_fd)
 
-    def load(self, version: str, pointer_state: tuple[int, int, int] | None = None) -> LoadedModel:
-        """A version, checked against this installation; ModelError says what does not match."""
+    def check(self, version: str) -> dict[str, Any]:
+        """A version's metadata once it is checked against this installation (feature list,
+        scikit-learn release, artifact sha256) without importing scikit-learn or unpickling
+        anything; ModelError says what does not match."""
         if not VERSION.match(version) or not (self.root / version).is_dir():
             known = ", ".join(self.versions()) or "none"
             raise ModelError(f"{self.root}: no model version {version!r} (versions: {known})")
@@ -193,17 +199,46 @@ class Registry:
         if features != list(FEATURE_COLUMNS):
             raise ModelError(f"{where} was trained on features {features}, but this Chargewatch computes "
                              f"{list(FEATURE_COLUMNS)}: retrain it (chargewatch models train)")
-        trained_with = str(metadata.get("sklearn_version"))
-        if release(trained_with) != release(sklearn.__version__):
+        trained_with, installed = str(metadata.get("sklearn_version")), sklearn_version()
+        if release(trained_with) != release(installed):
             raise ModelError(f"{where} was saved with scikit-learn {trained_with}, this installation has "
-                             f"{sklearn.__version__}: retrain it, or install scikit-learn {release(trained_with)}.x")
-        artifact = self.root / version / ARTIFACT
-        if _sha256(artifact) != metadata.get("artifact_sha256"):
+                             f"{installed}: retrain it, or install scikit-learn {release(trained_with)}.x")
+        if _sha256(self.root / version / ARTIFACT) != metadata.get("artifact_sha256"):
             raise ModelError(f"{where}: {ARTIFACT} does not match the sha256 in {METADATA} (corrupt or replaced)")
-        model = joblib.load(artifact)
+        return metadata
+
+    def load(self, version: str, pointer_state: tuple[int, int, int] | None = None) -> LoadedModel:
+        """A version, checked against this installation (see :meth:`check`) and unpickled."""
+        import joblib
+
+        from models.estimators import SessionDetector
+
+        metadata = self.check(version)
+        model = joblib.load(self.root / version / ARTIFACT)
         if not isinstance(model, SessionDetector):
-            raise ModelError(f"{where}: {ARTIFACT} holds a {type(model).__name__}, not a session model")
+            raise ModelError(f"model {version} in {self.root}: {ARTIFACT} holds a {type(model).__name__}, "
+                             "not a session model")
         return LoadedModel(version, model, metadata, self.root, pointer_state)
+
+
+def sklearn_version() -> str:
+    """The installed scikit-learn's version, read from its package metadata (no import)."""
+    try:
+        return installed_version("scikit-learn")
+    except PackageNotFoundError as exc:
+        raise ModelError("scikit-learn is not installed; the anomaly models need it") from exc
+
+
+def check_promoted(registry: Registry | Path) -> str:
+    """The promoted version of a registry, checked as :meth:`Registry.check` does (cheap: what a
+    detector runs at start, before it loads the model at its first score)."""
+    reg = registry if isinstance(registry, Registry) else Registry(registry)
+    version = reg.promoted()
+    if version is None:
+        raise ModelError(f"{reg.root}: no promoted model version; train one and promote it "
+                         "(chargewatch models train --promote)")
+    reg.check(version)
+    return version
 
 
 def load_promoted(registry: Registry | Path) -> LoadedModel:
@@ -253,6 +288,9 @@ class PromotedModel:
 
 
 def _metadata(trained: Trained, name: str, artifact_sha256: str) -> dict[str, Any]:
+    import numpy as np
+    import sklearn
+
     model = trained.model
     params = {k: v for k, v in model.get_params().items() if isinstance(v, str | int | float | bool | type(None))}
     return {

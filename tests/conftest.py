@@ -66,6 +66,7 @@ def isolated_config(services: Services, **kafka: object) -> Config:
                     "alerts_topic": f"t{run}.alerts", "deadletter_topic": f"t{run}.deadletter",
                     "detector_group": f"t{run}-detectors", "indexer_group": f"t{run}-indexer",
                     "correlation_topic": f"t{run}.correlation", "correlation_group": f"t{run}-correlation",
+                    "sessions_topic": f"t{run}.sessions",
                     "session_timeout_ms": 6000} | kafka
     return with_overrides(Config(), kafka=kafka_values,
                           elasticsearch={"url": services.elastic, "alerts_index": f"cwtest-{run}"},

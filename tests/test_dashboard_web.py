@@ -328,8 +328,9 @@ def test_views_filter_and_report_bad_filters(app_on_demo: tuple[Flask, SqliteAle
               f'data-message-id="{call["ocpp"]["message_id"]}"'
         assert (row in audit) == (call["ocpp"]["action"] in sensitive) and row in every, row
     assert "RemoteStartTransaction" in audit and '<span class="outcome outcome-accepted">Accepted</span>' in audit
-    assert "Scored" not in client.get("/transactions").get_data(as_text=True)
-    assert 'id="no-scores"' in client.get("/transactions").get_data(as_text=True)
+    # The SQLite store keeps the scored sessions (CW-TX-006): the page shows them, not the archive's.
+    page = client.get("/transactions").get_data(as_text=True)
+    assert 'id="transactions"' in page and 'id="no-scores"' not in page
 
 
 def test_cli_refuses_without_users_or_store(tmp_path: Path) -> None:
@@ -567,7 +568,7 @@ def test_dashboard_end_to_end_in_chromium(demo_run: tuple[Path, Path], dashboard
         _wait(driver, ec.presence_of_element_located((By.ID, "command-count")), "the command audit")
         shots.take("remote-commands")
         driver.find_element(By.LINK_TEXT, "Transactions").click()
-        _wait(driver, ec.presence_of_element_located((By.ID, "no-scores")), "the transactions view")
+        _wait(driver, ec.presence_of_element_located((By.ID, "transactions")), "the transactions view")
         shots.take("transactions")
         driver.find_element(By.ID, "logout").click()
         _wait(driver, ec.presence_of_element_located((By.ID, "login-form")), "the login page after logout")

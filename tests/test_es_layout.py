@@ -36,7 +36,7 @@ NOW = 1_795_617_163.0  # the demo capture's day (2026-11-25)
 def drop_all(store: ElasticAlertStore) -> None:
     """Delete every index and template of the store's names (explicit names only)."""
     client = store.client.options(ignore_status=404)
-    indices = [store.index, store.names.assets, *archive_indices(store.client, store.names)]
+    indices = [store.index, store.names.assets, store.names.transactions, *archive_indices(store.client, store.names)]
     client.indices.delete(index=",".join(indices), ignore_unavailable=True)
     for name in index_templates(store.names):
         client.indices.delete_index_template(name=name)
@@ -107,9 +107,11 @@ def test_setup_installs_the_committed_templates_and_is_idempotent(store: Elastic
     for file_name, text in committed_files().items():
         committed = json.loads(text.replace("chargewatch-alerts", names.alerts)
                                .replace("chargewatch-messages", names.messages_template)
-                               .replace("chargewatch-assets", names.assets))
+                               .replace("chargewatch-assets", names.assets)
+                               .replace("chargewatch-transactions", names.transactions))
         template_name = file_name.removesuffix(".json").replace("chargewatch-alerts", names.alerts) \
-            .replace("chargewatch-messages", names.messages_template).replace("chargewatch-assets", names.assets)
+            .replace("chargewatch-messages", names.messages_template).replace("chargewatch-assets", names.assets) \
+            .replace("chargewatch-transactions", names.transactions)
         (installed,) = store.client.indices.get_index_template(name=template_name)["index_templates"]
         body = installed["index_template"]
         assert body["index_patterns"] == committed["index_patterns"]

@@ -9,13 +9,16 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from chargewatch.alerts import SEVERITY_NAMES, iso_time
 from chargewatch.config import LOG_FORMATS, Config, with_overrides
 from chargewatch.embedded import AnalysisResult, analyze
 from chargewatch.model import Record
 from detectors.policy import Policy, load_policy
+
+if TYPE_CHECKING:
+    from detectors.model_scoring import Scored
 
 PARALLEL_MIN_BYTES = 4 << 20  # below this, starting workers costs more than it saves
 
@@ -31,9 +34,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--format", choices=("table", "jsonl"), default="table",
                    help="table: summary and alert table; jsonl: one alert document per line")
     p.add_argument("--out", type=Path, help="write alerts here instead of stdout")
-    p.add_argument("--store", type=Path, help="also keep the alerts, every decoded record and the asset inventory "
-                                              "in this SQLite file (embedded store; the analysis then runs in one "
-                                              "process): the responder commands and the dashboard read it")
+    p.add_argument("--store", type=Path, help="also keep the alerts, every decoded record, the asset inventory and "
+                                              "the charging sessions with their anomaly scores in this SQLite file "
+                                              "(embedded store; the analysis then runs in one process): the "
+                                              "responder commands and the dashboard read it")
     p.add_argument("--deadletter", type=Path, help="write undecodable input records here (JSON lines)")
     p.add_argument("--stats-json", type=Path, help="write counters and timing here as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -80,7 +84,8 @@ def _workers(args: argparse.Namespace, total: int) -> int:
 
 class _Archiver:
     """``--store``: archives records into the SQLite store in batches as they are decoded (memory
-    stays bounded), with each charge point's site from the policy, then the alerts."""
+    stays bounded), with each charge point's site from the policy, the charging sessions as the
+    anomaly model scores them (CW-TX-006's micro-batches), then the alerts."""
 
     BATCH = 5000
 
@@ -91,6 +96,10 @@ class _Archiver:
         policy_file = config.detector.policy_file
         self.policy: Policy = load_policy(Path(policy_file).expanduser() if policy_file else None)
         self.pending: list[Record] = []
+        self.sessions = 0
+
+    def scored(self, batch: list[Scored]) -> None:
+        self.sessions += self.store.put_sessions([s.as_dict() for s in batch])
 
     def record(self, record: Record) -> None:
         self.pending.append(record)
@@ -122,8 +131,9 @@ def _analyze_with_progress(args: argparse.Namespace, config: Config, archiver: _
     total = sum(p.stat().st_size for p in args.paths if p.is_file())
     workers = 1 if archiver is not None else _workers(args, total)  # records reach the store in order
     on_record = archiver.record if archiver is not None else None
+    on_sessions = archiver.scored if archiver is not None else None
     if args.no_progress:
-        return analyze(args.paths, config, workers=workers, on_record=on_record)
+        return analyze(args.paths, config, workers=workers, on_record=on_record, on_sessions=on_sessions)
     from tqdm import tqdm
 
     with tqdm(total=total, unit="B", unit_scale=True, desc="analyze", file=sys.stderr, disable=None) as bar:
@@ -131,7 +141,7 @@ def _analyze_with_progress(args: argparse.Namespace, config: Config, archiver: _
             result = analyze(args.paths, config, workers=workers)
             bar.update(total)
             return result
-        return analyze(args.paths, config, progress=bar.update, on_record=on_record)
+        return analyze(args.paths, config, progress=bar.update, on_record=on_record, on_sessions=on_sessions)
 
 
 def _side_outputs(args: argparse.Namespace, result: AnalysisResult, seconds: float) -> None:

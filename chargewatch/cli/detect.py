@@ -28,7 +28,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    stats, stage = run_detector(config, load_stages(config), FaultPoints(args.kill_at), args.idle_exit, args.stage)
+    sessions = args.stage == "charge_point" and bool(config.kafka.sessions_topic)
+    stats, stage = run_detector(config, load_stages(config, sessions=sessions), FaultPoints(args.kill_at),
+                                args.idle_exit, args.stage)
     print(f"detector ({args.stage}): {stats.records} records in {stats.batches} batches, {stage.alerts} alerts, "
-          f"{stage.forwarded} forwarded, {stage.bad_records} bad records", file=sys.stderr)
+          f"{stage.forwarded} forwarded, {stage.sessions} sessions, {stage.bad_records} bad records",
+          file=sys.stderr)
     return 0

@@ -1,5 +1,5 @@
-"""The Elasticsearch store (client 8.x, matching the 8.x server): alerts, the message archive
-and the asset inventory (layout: :mod:`chargewatch.store.es_templates`; retention:
+"""The Elasticsearch store (client 8.x, matching the 8.x server): alerts, the message archive,
+the asset inventory and the charging sessions (layout: :mod:`chargewatch.store.es_templates`; retention:
 :mod:`chargewatch.store.es_retention`; archive and assets: :mod:`chargewatch.store.es_archive`).
 
 Alerts are created with their deterministic id; a stored alert (a storm's earlier version) is
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from chargewatch.alerts import Alert, iso_time
@@ -97,7 +97,8 @@ class ElasticAlertStore:
             self.client.indices.put_index_template(name=name, **body)
             lines.append(f"index template {name} installed (indices {', '.join(body['index_patterns'])})")
         for index, template, what in ((self.index, self.index, "alerts index"),
-                                      (self.names.assets, self.names.assets, "asset index")):
+                                      (self.names.assets, self.names.assets, "asset index"),
+                                      (self.names.transactions, self.names.transactions, "transactions index")):
             lines.append(f"{what} {index} {self._ensure_index(index, templates[template])}")
         archive = archive_indices(self.client, self.names)
         if archive:
@@ -249,8 +250,21 @@ class ElasticAlertStore:
         return es_archive.assets(self.client, self.names, charge_point_id)
 
     @_es_errors
+    def put_sessions(self, sessions: Sequence[Mapping[str, Any]]) -> int:
+        """Index charging sessions with their scores (see :func:`es_archive.session_document`); a
+        session written again replaces its document. Returns how many were written."""
+        return es_archive.put_sessions(self.client, self.names, sessions)
+
+    @_es_errors
+    def transactions(self, charge_point_id: str | None = None, since: float | None = None,
+                     until: float | None = None, limit: int = 1_000) -> list[dict[str, Any]]:
+        """Session documents, newest start first (the dashboard's transactions page)."""
+        return es_archive.transactions(self.client, self.names, charge_point_id, since, until, limit)
+
+    @_es_errors
     def refresh(self) -> None:
-        self.client.indices.refresh(index=f"{self.index},{self.names.assets},{self.names.messages_pattern}",
+        self.client.indices.refresh(index=f"{self.index},{self.names.assets},{self.names.messages_pattern},"
+                                          f"{self.names.transactions}",
                                     ignore_unavailable=True, allow_no_indices=True)
 
     def close(self) -> None:

@@ -8,6 +8,12 @@ asset's message and connection counts, so counts stay exact under redelivery. (A
 between the archive write and the asset write leaves that batch's records uncounted when they
 come again; every other asset field is rebuilt from them.)
 
+Sessions (one document per finished charging session with its features and, when the model
+scored it, its score: :data:`chargewatch.schema.TRANSACTION_FIELDS`) go to ``<prefix>-transactions``
+with ``_id`` derived from the charge point and transaction id, so writing a session again
+replaces it (idempotent); :func:`session_document` and :func:`session_row` convert both ways
+(the SQLite store uses the same documents).
+
 Assets are read, merged (:func:`chargewatch.store.documents.merge_asset`) and written back with
 optimistic concurrency (``if_seq_no``), because the minimal clusters we test on have no
 scripting to update them in place.
@@ -15,7 +21,10 @@ scripting to update them in place.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from chargewatch.alerts import iso_time
@@ -27,6 +36,120 @@ from chargewatch.store.es_templates import IndexNames
 
 MAX_ATTEMPTS = 5
 ASSET_PAGE = 1_000
+#: Session row column (models.features.ROW_COLUMNS) -> field of the session document; the same
+#: as models.features.SCHEMA_FIELDS (a test checks), kept here so stores need no pandas.
+SESSION_FIELDS: dict[str, str] = {
+    "charge_point_id": "ocpp.charge_point_id", "transaction_id": "ocpp.transaction_id",
+    "connector_id": "ocpp.connector_id", "version": "ocpp.version", "id_token": "ocpp.id_token",
+    "stop_reason": "ocpp.stop_reason", "remote_start": "ocpp.remote_start", "site": "chargewatch.site",
+    "start": "event.start", "end": "event.end",
+    **{name: f"chargewatch.session.{name}" for name in (
+        "energy_wh", "duration_s", "avg_power_w", "peak_power_w", "rated_power_w", "power_ratio", "idle_s",
+        "start_hour", "weekday", "meter_samples", "max_sample_gap_s", "register_drop_wh", "token_sessions_24h",
+        "token_charge_points_24h")},
+}
+_TIMES = frozenset({"start", "end"})
+#: Scoring keys of a session mapping -> field of the document.
+SCORE_FIELDS = {"score": "chargewatch.anomaly.score", "threshold": "chargewatch.anomaly.threshold",
+                "model": "chargewatch.anomaly.model", "top_features": "chargewatch.anomaly.top_features"}
+
+
+def session_id(charge_point_id: str, transaction_id: str) -> str:
+    """Document id of a session: stable for its charge point and transaction id."""
+    return hashlib.sha256(f"{charge_point_id}\x00{transaction_id}".encode()).hexdigest()[:32]
+
+
+def session_document(session: Mapping[str, Any]) -> dict[str, Any]:
+    """The transactions-index document of a session: a row (``SessionRow.as_dict()``, times in
+    epoch seconds) with, when scored, ``score``, ``threshold``, ``model`` and ``top_features``
+    (feature names)."""
+    doc: dict[str, Any] = {}
+    for column, dotted in [*SESSION_FIELDS.items(), *SCORE_FIELDS.items()]:
+        if column not in session or session[column] is None:
+            continue
+        value = session[column]
+        if column in _TIMES:
+            value = iso_time(float(value))
+        elif column == "remote_start":
+            value = bool(value)
+        elif isinstance(value, float) and not math.isfinite(value):  # NaN/inf: not a value for a float field
+            continue
+        _set(doc, dotted, value)
+    start, end = float(session["start"]), float(session["end"])
+    doc["@timestamp"] = iso_time(start)
+    event = doc.setdefault("event", {})
+    event["kind"] = "event"
+    event["duration"] = max(0, round((end - start) * 1e9))
+    if "score" in session and "threshold" in session:
+        doc["chargewatch"]["anomaly"]["is_anomaly"] = float(session["score"]) > float(session["threshold"])
+    return doc
+
+
+def session_row(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The row (and scoring keys) of a session document: the inverse of :func:`session_document`."""
+    row: dict[str, Any] = {}
+    for column, dotted in [*SESSION_FIELDS.items(), *SCORE_FIELDS.items()]:
+        value = _get(doc, dotted)
+        if value is None:
+            continue
+        row[column] = _epoch(value) if column in _TIMES else int(value) if column == "remote_start" else value
+    return row
+
+
+def _epoch(text: str) -> float:
+    return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+
+
+def _set(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        doc = doc.setdefault(part, {})
+    doc[leaf] = value
+
+
+def _get(doc: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = doc
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(part)
+    return node
+
+
+def put_sessions(client: Any, names: IndexNames, sessions: Sequence[Mapping[str, Any]]) -> int:
+    """Index session documents (a session written again replaces its document); returns how many."""
+    actions = [{"_op_type": "index", "_index": names.transactions,
+                "_id": session_id(str(s["charge_point_id"]), str(s["transaction_id"])), "_source": session_document(s)}
+               for s in sessions]
+    if actions:
+        _bulk(client, actions, "session")
+    return len(actions)
+
+
+def transactions(client: Any, names: IndexNames, charge_point_id: str | None, since: float | None,
+                 until: float | None, limit: int) -> list[dict[str, Any]]:
+    """Session documents by start time (newest first), of one charge point and a time range."""
+    filters: list[dict[str, Any]] = []
+    if charge_point_id is not None:
+        filters.append({"term": {"ocpp.charge_point_id": charge_point_id}})
+    window = {op: iso_time(ts) for op, ts in (("gte", since), ("lte", until)) if ts is not None}
+    if window:
+        filters.append({"range": {"@timestamp": window}})
+    out: list[dict[str, Any]] = []
+    after: list[Any] | None = None
+    while len(out) < limit:
+        size = min(limit - len(out), 5_000)
+        extra = {"search_after": after} if after is not None else {}
+        resp = client.search(index=names.transactions, query={"bool": {"filter": filters}}, size=size,
+                             sort=[{"@timestamp": "desc"}, {"ocpp.charge_point_id": "asc"},
+                                   {"ocpp.transaction_id": "asc"}],
+                             ignore_unavailable=True, allow_no_indices=True, **extra)
+        hits = resp["hits"]["hits"]
+        out += [hit["_source"] for hit in hits]
+        if len(hits) < size:
+            break
+        after = hits[-1]["sort"]
+    return out
 
 
 def put_records(client: Any, names: IndexNames, records: Sequence[Record], sites: dict[str, str] | None) -> int:

@@ -6,10 +6,12 @@ Three kinds of index:
   triage), so not a data stream;
 - **message archive**: one index per UTC day of record time, ``<prefix>-messages-YYYY.MM.DD``,
   so retention deletes whole indices instead of documents;
-- **asset inventory**: one plain index ``<prefix>-assets``, one document per charge point.
+- **asset inventory**: one plain index ``<prefix>-assets``, one document per charge point;
+- **transactions**: one plain index ``<prefix>-transactions``, one document per charging session
+  with its features and anomaly score (``_id`` from charge point and transaction id).
 
 ``<prefix>`` is the alerts index name without a trailing ``-alerts`` (``chargewatch`` for the
-default ``chargewatch-alerts``), so one setting names all three and two deployments (or two
+default ``chargewatch-alerts``), so one setting names all four and two deployments (or two
 tests) sharing a cluster never share an index.
 
 The templates of the default names are committed under ``dashboards/elasticsearch/`` (one JSON
@@ -30,7 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from chargewatch.config import ElasticsearchConfig
-from chargewatch.schema import ASSET_FIELDS, MESSAGE_FIELDS, alert_index_template, mapping_properties
+from chargewatch.schema import (
+    ASSET_FIELDS,
+    MESSAGE_FIELDS,
+    TRANSACTION_FIELDS,
+    alert_index_template,
+    mapping_properties,
+)
 
 # Above the alerts template (200): with a test's derived names the alerts pattern ``<index>-*``
 # also matches the archive and asset indices, and the more specific template must win.
@@ -69,6 +77,10 @@ class IndexNames:
     @property
     def assets(self) -> str:
         return f"{self.prefix}-assets"
+
+    @property
+    def transactions(self) -> str:
+        return f"{self.prefix}-transactions"
 
     def messages_index(self, ts: float) -> str:
         """Archive index of a record captured at ts (epoch seconds): its UTC day."""
@@ -111,6 +123,20 @@ def assets_index_template(names: IndexNames) -> dict[str, Any]:
     }
 
 
+def transactions_index_template(names: IndexNames) -> dict[str, Any]:
+    """Template of the transactions index (one document per charging session, ``_id`` from its
+    charge point and transaction id)."""
+    return {
+        "index_patterns": [names.transactions],
+        "priority": ARCHIVE_PRIORITY,
+        "template": {
+            "settings": dict(SETTINGS),
+            "mappings": {"dynamic": "strict", "properties": bounded(mapping_properties(TRANSACTION_FIELDS))},
+        },
+        "_meta": {"managed_by": "chargewatch", "document": "transaction"},
+    }
+
+
 def alerts_index_template(names: IndexNames) -> dict[str, Any]:
     """Template of the alerts index (:func:`chargewatch.schema.alert_index_template`), with the
     keywords bounded: an alert carries the triggering message's id, which a hostile charge
@@ -139,6 +165,7 @@ def index_templates(names: IndexNames) -> dict[str, dict[str, Any]]:
         names.alerts: alerts_index_template(names),
         names.messages_template: messages_index_template(names),
         names.assets: assets_index_template(names),
+        names.transactions: transactions_index_template(names),
     }
 
 

@@ -1,4 +1,5 @@
-"""The embedded store: alerts, the record archive and the asset inventory in one SQLite file.
+"""The embedded store: alerts, the record archive, the asset inventory and the charging sessions
+in one SQLite file.
 
 It implements the whole :class:`~chargewatch.store.Store` protocol for running without
 Elasticsearch (``chargewatch analyze --store FILE.db``, then the responder commands and the
@@ -11,6 +12,8 @@ columns queries filter on.
   is joined into the document when read (``triage``), like the site (``chargewatch.site``).
 * Records are archived by :func:`~chargewatch.store.documents.record_id`: the same records
   twice give the same rows, and only records new to the archive update the asset counts.
+* Sessions (the documents of :func:`~chargewatch.store.es_archive.session_document`, with
+  their anomaly scores) are upserted by charge point and transaction id.
 * The file runs in WAL mode, so the dashboard can read while ``analyze`` writes; writes take
   the write lock up front (``BEGIN IMMEDIATE``), so a triage and a pipeline write never race.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ from chargewatch.errors import StoreError
 from chargewatch.model import Record
 from chargewatch.store import TRIAGE_STATES, AlertQuery, MessageQuery
 from chargewatch.store.documents import merge_asset, observe_assets, record_document, record_id
+from chargewatch.store.es_archive import session_document, session_id
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -67,6 +71,14 @@ CREATE TABLE IF NOT EXISTS assets (
     charge_point_id TEXT PRIMARY KEY,
     doc TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    ts REAL NOT NULL,
+    charge_point_id TEXT NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_ts ON sessions (ts);
+CREATE INDEX IF NOT EXISTS sessions_cp ON sessions (charge_point_id, ts);
 CREATE TABLE IF NOT EXISTS captures (
     name TEXT PRIMARY KEY,
     path TEXT NOT NULL,
@@ -132,7 +144,7 @@ class SqliteAlertStore:
             raise StoreError(f"{self.path}: SQLite query failed: {exc}") from exc
 
     def setup(self) -> str:
-        return (f"SQLite store ready at {self.path} (alerts, record archive, assets); no retention: "
+        return (f"SQLite store ready at {self.path} (alerts, record archive, assets, sessions); no retention: "
                 "the file keeps everything until it is deleted")
 
     # --- alerts ---------------------------------------------------------------------------------
@@ -239,6 +251,32 @@ class SqliteAlertStore:
                       "last": iso_time(last) if last is not None else None}
             doc.setdefault("chargewatch", {})["alerts"] = {k: v for k, v in alerts.items() if v is not None}
         return docs
+
+    # --- charging sessions -----------------------------------------------------------------------
+
+    def put_sessions(self, sessions: Sequence[Mapping[str, Any]]) -> int:
+        """Store charging sessions with their scores (a session written again replaces its row);
+        returns how many were written."""
+        rows = [(session_id(str(s["charge_point_id"]), str(s["transaction_id"])), float(s["start"]),
+                 str(s["charge_point_id"]), _dumps(session_document(s))) for s in sessions]
+        with self._write() as db:
+            db.executemany("INSERT INTO sessions VALUES (?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET ts = excluded.ts, "
+                           "charge_point_id = excluded.charge_point_id, doc = excluded.doc", rows)
+        return len(rows)
+
+    def transactions(self, charge_point_id: str | None = None, since: float | None = None,
+                     until: float | None = None, limit: int = 1_000) -> list[dict[str, Any]]:
+        """Session documents, newest start first (the dashboard's transactions page)."""
+        conditions: list[str] = []
+        args: list[Any] = []
+        for column, op, value in (("charge_point_id", "=", charge_point_id), ("ts", ">=", since),
+                                  ("ts", "<=", until)):
+            if value is not None:
+                conditions.append(f"{column} {op} ?")
+                args.append(value)
+        where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
+        sql = f"SELECT doc FROM sessions {where} ORDER BY ts DESC, id LIMIT ?"  # noqa: S608 - fixed clauses
+        return [json.loads(row[0]) for row in self._read(sql, [*args, limit])]
 
     def refresh(self) -> None:
         """Nothing to do: a committed SQLite write is visible to every later read."""
