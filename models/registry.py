@@ -32,8 +32,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -223,6 +221,9 @@ class Registry:
 
 def sklearn_version() -> str:
     """The installed scikit-learn's version, read from its package metadata (no import)."""
+    from importlib.metadata import PackageNotFoundError  # only when a model is checked: ~9 ms to import
+    from importlib.metadata import version as installed_version
+
     try:
         return installed_version("scikit-learn")
     except PackageNotFoundError as exc:
