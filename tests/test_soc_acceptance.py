@@ -176,9 +176,9 @@ def attack_alert(run: SocRun, docs: list[dict[str, Any]], attack: str) -> dict[s
 def test_setup_installed_the_committed_templates(soc: SocRun) -> None:
     names = soc.store.names
     renamed = {"chargewatch-alerts": names.alerts, "chargewatch-messages": names.messages_template,
-               "chargewatch-assets": names.assets}
+               "chargewatch-assets": names.assets, "chargewatch-transactions": names.transactions}
     files = sorted(TEMPLATES.glob("*.json"))
-    assert len(files) == 3, files
+    assert len(files) == 4, files
     for file in files:
         text, name = file.read_text(), file.stem
         for default, ours in renamed.items():
