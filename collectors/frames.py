@@ -51,6 +51,9 @@ class DecodeContext:
     # that are not OCPP), so nothing is counted twice.
     share_index: int = 0
     share_count: int = 1
+    # Use the native extension's WebSocket frame decoder when it is installed (False: the Python
+    # reference, as ``[collector] pcap_decoder = "python"`` asks).
+    native: bool = True
 
     def __post_init__(self) -> None:
         self._bounds = share_bounds(self.share_index, self.share_count)

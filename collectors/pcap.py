@@ -28,7 +28,8 @@ def read_capture(path: Path, sink: Sink, redactor: Redactor, catalog: Catalog, m
     """
     stats = CollectorStats()
     ctx = DecodeContext(sink=sink, stats=stats, redactor=redactor, catalog=catalog, source=path.name,
-                        max_message=max_message, share_index=share[0], share_count=share[1])
+                        max_message=max_message, share_index=share[0], share_count=share[1],
+                        native=decoder != "python")
     processor = PacketProcessor(ctx)
     native = open_native(path, decoder)
     problem = _read_python(path, processor, progress) if native is None else _read_native(native, processor, progress)

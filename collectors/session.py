@@ -27,7 +27,7 @@ from collectors.http import (
     split_head,
 )
 from collectors.tls import TlsObserver
-from collectors.websocket import OP_BINARY, DeflateParams, FrameDecoder, WsMessage, WsProblem
+from collectors.websocket import OP_BINARY, DeflateParams, Frames, WsMessage, WsProblem, frame_decoder
 
 TLS_HANDSHAKE = 0x16
 
@@ -36,7 +36,7 @@ TLS_HANDSHAKE = 0x16
 class _Side:
     head: bytearray = field(default_factory=bytearray)
     early: bytearray = field(default_factory=bytearray)
-    frames: FrameDecoder | None = None
+    frames: Frames | None = None
     ttl: int | None = None  # IP TTL / hop limit of the last packet that delivered bytes of this side
 
 
@@ -142,7 +142,7 @@ class ConnectionDecoder:
         for from_client, no_takeover in ((True, deflate and deflate.client_no_context_takeover),
                                          (False, deflate and deflate.server_no_context_takeover)):
             params = DeflateParams(bool(no_takeover)) if deflate else None
-            self._sides[from_client].frames = FrameDecoder(params, self.ctx.max_message)
+            self._sides[from_client].frames = frame_decoder(params, self.ctx.max_message, self.ctx.native)
         early = bytes(self._sides[True].early)
         self._sides[True].early.clear()
         if early:
@@ -193,7 +193,7 @@ class ConnectionDecoder:
             return
         if self.state == "websocket":
             for side in self._sides.values():
-                if side.frames is not None and side.frames._partial is not None:
+                if side.frames is not None and side.frames.in_message:
                     self._dead(ts, "truncated_message", "connection ended inside a WebSocket message", b"")
         if observed and self.request is not None:
             self._event("closed", ts)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 def _native_mask() -> Callable[[bytes, bytes], bytes] | None:
@@ -109,6 +110,11 @@ class FrameDecoder:
         self.desynced = False
         self.undecoded_bytes = 0
         self.close_code: int | None = None
+
+    @property
+    def in_message(self) -> bool:
+        """Whether a data message is in progress (some of its frames seen, not its last)."""
+        return self._partial is not None
 
     def feed(self, data: bytes) -> list[WsMessage | WsProblem]:
         """Decode what data completes; returns messages and problems in stream order."""
@@ -282,3 +288,38 @@ class FrameDecoder:
         self.undecoded_bytes += len(data) - pos
         out.append(WsProblem(kind, detail + "; rest of this direction not decoded", True, data[pos:pos + 64]))
         return len(data)
+
+
+class Frames(Protocol):
+    """What a connection decoder needs of a frame decoder: this module's :class:`FrameDecoder`
+    (the reference) or its native twin, ``chargewatch_native.FrameDecoder``."""
+
+    desynced: bool
+
+    @property
+    def undecoded_bytes(self) -> int: ...
+
+    @property
+    def close_code(self) -> int | None: ...
+
+    @property
+    def in_message(self) -> bool: ...
+
+    def feed(self, data: bytes) -> list[WsMessage | WsProblem]: ...
+
+
+def frame_decoder(deflate: DeflateParams | None, max_message: int, native: bool = True) -> Frames:
+    """A frame decoder for one side: the native one when the extension is installed (and native),
+    else :class:`FrameDecoder`. Both give the same messages and problems
+    (``tests/test_native_decoder.py``); the native one inflates with this module's zlib."""
+    if native:
+        try:
+            from chargewatch_native import FrameDecoder as NativeFrameDecoder
+        except ImportError:  # the extension is optional: see collectors.native
+            pass
+        else:
+            no_takeover = deflate is not None and deflate.no_context_takeover
+            decoder: Frames = NativeFrameDecoder(deflate is not None, no_takeover, max_message, WsMessage, WsProblem,
+                                                 zlib.decompressobj, zlib.error)
+            return decoder
+    return FrameDecoder(deflate, max_message)

@@ -1,6 +1,7 @@
 """Type stubs of the native extension (src/lib.rs)."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 Segment = tuple[int, float, bytes, int, int, bytes, int]
 Frame = tuple[int, float, int, bytes]
@@ -30,3 +31,18 @@ class PcapSegments:
 def unmask(data: bytes, mask: bytes) -> bytes: ...
 def may_hold_secrets(raw: bytes) -> bool: ...
 def scan_json(raw: bytes) -> tuple[int, bool]: ...
+
+class FrameDecoder:
+    """One direction's WebSocket frames into messages (collectors.websocket.FrameDecoder's twin)."""
+
+    desynced: bool
+    def __init__(self, deflate: bool, no_takeover: bool, max_message: int, message: Callable[..., Any],
+                 problem: Callable[..., Any], new_inflater: Callable[[int], Any],
+                 zlib_error: type[Exception]) -> None: ...
+    def feed(self, data: bytes) -> list[Any]: ...
+    @property
+    def undecoded_bytes(self) -> int: ...
+    @property
+    def close_code(self) -> int | None: ...
+    @property
+    def in_message(self) -> bool: ...

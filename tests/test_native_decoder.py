@@ -29,6 +29,7 @@ from collectors import native
 from collectors.frames import share_bounds
 from collectors.pcap import read_capture
 from collectors.pcapfile import CaptureReader
+from collectors.websocket import WsMessage, WsProblem
 from tests.collector_helpers import CATALOG, DEMO, REDACTOR, ListSink
 from tests.pcapgen import PcapWriter, TcpFlow, WsSession, ocpp_session
 
@@ -405,3 +406,61 @@ def test_pcapng_mutants_decode_alike(tmp_path: Path) -> None:
         plain += native.open_native(path, "native") is not None
         assert_same(path, max_message=rng.choice((1 << 20, 200)))
     assert plain >= 40  # most mutants stay plain and exercise the native reader
+
+
+# --------------------------------------------------------------------------- WebSocket frames
+
+
+def _stream(rng: random.Random, deflate: bool, takeover: bool) -> bytes:
+    """A random frame stream: text, binary, fragments, control frames inside messages, compressed
+    or not, masked or not, with a corruption now and then."""
+    from tests.pcapgen import DeflateCompressor, ws_frame
+
+    compressor = DeflateCompressor(no_context_takeover=not takeover)
+    out = b""
+    for _ in range(rng.randint(1, 12)):
+        noise = bytes(rng.randrange(256) for _ in range(rng.randint(0, 300)))
+        text = rng.choice([HB.format(id=rng.randrange(99)).encode(), BOOT.format(id="b").encode(), noise,
+                           b"x" * rng.randint(100, 400)])
+        compressed = deflate and rng.random() < 0.7
+        data = compressor.compress(text) if compressed else text
+        mask = rng.getrandbits(32).to_bytes(4, "big") if rng.random() < 0.5 else None
+        pieces = rng.randint(1, 3)
+        step = max(1, len(data) // pieces)
+        chunks = [data[i:i + step] for i in range(0, len(data), step)] or [b""]
+        for n, chunk in enumerate(chunks):
+            opcode = (2 if rng.random() < 0.2 else 1) if n == 0 else 0
+            out += ws_frame(chunk, opcode=opcode, fin=n == len(chunks) - 1, mask=mask, rsv1=compressed and n == 0)
+            if rng.random() < 0.15:
+                control = b"\x03\xe9bye" if rng.random() < 0.3 else b"hb"
+                out += ws_frame(control, opcode=rng.choice((8, 9, 10)), mask=mask)
+    if rng.random() < 0.3:  # corruption: a flipped bit somewhere
+        at = rng.randrange(len(out))
+        out = out[:at] + bytes([out[at] ^ (1 << rng.randrange(8))]) + out[at + 1:]
+    return out
+
+
+def test_native_frame_decoder_agrees_with_the_python_reference() -> None:
+    from collectors.websocket import DeflateParams, FrameDecoder, frame_decoder
+
+    rng = random.Random(1125)
+    problems = messages = 0
+    for n in range(1500):
+        deflate, takeover = rng.random() < 0.6, rng.random() < 0.6
+        params = DeflateParams(no_context_takeover=not takeover) if deflate else None
+        max_message = rng.choice((1 << 20, 350, 120))
+        reference, native_decoder = FrameDecoder(params, max_message), frame_decoder(params, max_message)
+        assert type(native_decoder).__module__ == "chargewatch_native"
+        stream = b"".join(_stream(rng, deflate, takeover) for _ in range(rng.randint(1, 3)))
+        pos = 0
+        while pos < len(stream):
+            step = rng.choice((1, 2, 7, 64, 1000, len(stream)))
+            chunk, pos = stream[pos:pos + step], pos + step
+            expected, got = reference.feed(chunk), native_decoder.feed(chunk)
+            assert got == expected, f"stream {n} at byte {pos}"
+            state = (reference.desynced, reference.undecoded_bytes, reference.close_code, reference.in_message)
+            assert (native_decoder.desynced, native_decoder.undecoded_bytes, native_decoder.close_code,
+                    native_decoder.in_message) == state, f"stream {n} at byte {pos}"
+            messages += sum(isinstance(item, WsMessage) for item in expected)
+            problems += sum(isinstance(item, WsProblem) for item in expected)
+    assert messages > 5000 and problems > 300  # both kinds of outcome well represented

@@ -1,12 +1,17 @@
 """collectors.websocket.FrameDecoder: framing, fragmentation, permessage-deflate, limits and broken frames,
-directly and through crafted captures."""
+directly and through crafted captures.
+
+Every test runs twice: with the Python decoder (the reference) and with its native twin
+(``chargewatch_native.FrameDecoder``), which must behave the same."""
 
 from __future__ import annotations
 
 import random
 import struct
+import sys
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,11 +26,28 @@ from collectors.websocket import (
     FrameDecoder,
     WsMessage,
     WsProblem,
+    frame_decoder,
 )
 from tests.collector_helpers import MASK, capture, client_frame, decode, server_frame, texts, upgraded_flow
 from tests.pcapgen import DeflateCompressor, PcapWriter, ocpp_session, ws_frame
 
 Item = WsMessage | WsProblem
+
+
+def _native(deflate: DeflateParams | None, max_message: int) -> Any:
+    decoder = frame_decoder(deflate, max_message)
+    assert type(decoder).__module__ == "chargewatch_native", "the native extension is not installed (make install)"
+    return decoder
+
+
+@pytest.fixture(autouse=True, params=["python", "native"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs the test with this module's FrameDecoder replaced by the native one (second run);
+    the captures decoded through read_capture use the native one by default and the Python one
+    with decoder="python", which tests/test_native_decoder.py compares."""
+    if request.param == "native":
+        monkeypatch.setattr(sys.modules[__name__], "FrameDecoder", _native)
+    return str(request.param)
 HEARTBEAT = b'[2,"1","Heartbeat",{}]'
 METER = (b'[2,"m1","MeterValues",{"connectorId":1,"meterValue":[{"timestamp":"2024-01-01T00:00:00Z",'
          b'"sampledValue":[{"value":"1234.5","measurand":"Energy.Active.Import.Register"}]}]}]')

@@ -29,6 +29,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
 mod pcapng;
+mod websocket;
 
 /// A record claiming more than this many bytes is corrupt (as `collectors.pcapfile.MAX_RECORD`).
 const MAX_RECORD: u64 = 1 << 20;
@@ -516,6 +517,7 @@ fn unmask<'py>(py: Python<'py>, data: &[u8], mask: &[u8]) -> PyResult<Bound<'py,
 #[pymodule]
 fn chargewatch_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PcapSegments>()?;
+    m.add_class::<websocket::FrameDecoder>()?;
     m.add_function(wrap_pyfunction!(unmask, m)?)?;
     m.add_function(wrap_pyfunction!(may_hold_secrets, m)?)?;
     m.add_function(wrap_pyfunction!(scan_json, m)?)?;
