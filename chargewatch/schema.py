@@ -140,6 +140,19 @@ ASSET_FIELDS: dict[str, dict[str, Any]] = {
 
 # One charging session (transaction) per document, ``_id`` = charge point id + transaction id:
 # the features the anomaly models score (issue "transaction anomaly models") and their score.
+#: Column of a session row (models.features.ROW_COLUMNS) -> field of the session document: one
+#: mapping for the features code and the stores (which need no pandas to use it).
+SESSION_ROW_FIELDS: dict[str, str] = {
+    "charge_point_id": "ocpp.charge_point_id", "transaction_id": "ocpp.transaction_id",
+    "connector_id": "ocpp.connector_id", "version": "ocpp.version", "id_token": "ocpp.id_token",
+    "stop_reason": "ocpp.stop_reason", "remote_start": "ocpp.remote_start", "site": "chargewatch.site",
+    "start": "event.start", "end": "event.end",
+    **{name: f"chargewatch.session.{name}" for name in (
+        "energy_wh", "duration_s", "avg_power_w", "peak_power_w", "rated_power_w", "power_ratio", "idle_s",
+        "start_hour", "weekday", "meter_samples", "max_sample_gap_s", "register_drop_wh", "token_sessions_24h",
+        "token_charge_points_24h")},
+}
+
 TRANSACTION_FIELDS: dict[str, dict[str, Any]] = {
     "@timestamp": {"type": "date"},  # session start
     "event.kind": {"type": "keyword"},  # "event"

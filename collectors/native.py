@@ -13,49 +13,19 @@ letters. ``[collector] pcap_decoder`` picks one: ``auto`` (native when installed
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from chargewatch.errors import ConfigError
+
+if TYPE_CHECKING:  # the extension's own stubs (native/chargewatch_native.pyi)
+    from chargewatch_native import PcapSegments as NativeReader
 
 DECODERS = ("auto", "native", "python")
 #: Packets the native reader reads ahead and hands over at once.
 BATCH = 4096
 # Classic pcap (both byte orders, micro- and nanoseconds) and pcapng.
 PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d", b"\x0a\x0d\x0d\x0a")
-
-# A parsed segment (number, ts, key, seq, flags, payload, ttl) or a whole frame (number, ts,
-# linktype, frame) for the Python path.
-NativeItem = tuple[int, float, bytes, int, int, bytes, int] | tuple[int, float, int, bytes]
-
-
-class NativeReader(Protocol):
-    """What :class:`chargewatch_native.PcapSegments` offers (see native/chargewatch_native.pyi)."""
-
-    @property
-    def position(self) -> int: ...
-
-    @property
-    def size(self) -> int: ...
-
-    @property
-    def packets(self) -> int: ...
-
-    @property
-    def frame_bytes(self) -> int: ...
-
-    @property
-    def last_ts(self) -> float: ...
-
-    @property
-    def problem(self) -> tuple[str, str] | None: ...
-
-    def __iter__(self) -> Iterator[list[NativeItem]]: ...
-
-    def ignore(self, key: bytes) -> None: ...
-
-    def unignore(self, key: bytes) -> None: ...
 
 
 def available() -> bool:
@@ -86,7 +56,7 @@ def open_native(path: Path, decoder: str) -> NativeReader | None:
         with path.open("rb") as handle:
             if handle.read(4) not in PCAP_MAGICS:
                 return None
-        reader: NativeReader = PcapSegments(str(path), str(path), BATCH)
+        reader = PcapSegments(str(path), str(path), BATCH)
     except OSError:
         return None  # the Python reader raises the CaptureError users know
     except ValueError:

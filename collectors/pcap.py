@@ -5,14 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chargewatch.catalog import Catalog
 from chargewatch.redaction import Redactor
 from collectors.frames import DecodeContext, Sink
-from collectors.native import NativeReader, open_native
+from collectors.native import open_native
 from collectors.pcapfile import CaptureReader
 from collectors.stats import CollectorStats, DeadLetter
 from collectors.streams import PacketProcessor
+
+if TYPE_CHECKING:
+    from chargewatch_native import PcapSegments
 
 Progress = Callable[[int], None]
 
@@ -66,7 +70,7 @@ def _read_python(path: Path, processor: PacketProcessor, progress: Progress | No
     return None if problem is None else _Ending(problem.kind, problem.detail, last_ts)
 
 
-def _read_native(reader: NativeReader, processor: PacketProcessor, progress: Progress | None) -> _Ending | None:
+def _read_native(reader: PcapSegments, processor: PacketProcessor, progress: Progress | None) -> _Ending | None:
     """Batches from the native front end: parsed segments to :meth:`PacketProcessor.segment`,
     whole frames to :meth:`PacketProcessor.packet`; the packets it counted itself (segments and
     those it dropped) are added at the end."""

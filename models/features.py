@@ -45,6 +45,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from chargewatch.model import OcppMessage, Record
+from chargewatch.schema import SESSION_ROW_FIELDS
 from detectors.metering import MIN_INTERVAL_S, TRACKED, Session, TransactionTracker
 from detectors.policy import Policy
 
@@ -63,16 +64,7 @@ ROW_COLUMNS: tuple[str, ...] = (
     "stop_reason", *FEATURE_COLUMNS,
 )
 #: Row columns -> the field of the session document (chargewatch.schema.TRANSACTION_FIELDS).
-SCHEMA_FIELDS: dict[str, str] = {
-    "charge_point_id": "ocpp.charge_point_id", "transaction_id": "ocpp.transaction_id",
-    "connector_id": "ocpp.connector_id", "version": "ocpp.version", "id_token": "ocpp.id_token",
-    "stop_reason": "ocpp.stop_reason", "remote_start": "ocpp.remote_start", "site": "chargewatch.site",
-    "start": "event.start", "end": "event.end",
-    **{name: f"chargewatch.session.{name}" for name in (
-        "energy_wh", "duration_s", "avg_power_w", "peak_power_w", "rated_power_w", "power_ratio", "idle_s",
-        "start_hour", "weekday", "meter_samples", "max_sample_gap_s", "register_drop_wh", "token_sessions_24h",
-        "token_charge_points_24h")},
-}
+SCHEMA_FIELDS: dict[str, str] = SESSION_ROW_FIELDS
 INT_FEATURES = frozenset({"start_hour", "weekday", "meter_samples", "remote_start", "token_sessions_24h",
                           "token_charge_points_24h"})  # integers in a frame (floats for the models)
 TOKEN_WINDOW_S = 86_400.0

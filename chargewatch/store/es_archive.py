@@ -23,31 +23,21 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from chargewatch.alerts import iso_time
 from chargewatch.errors import StoreError
 from chargewatch.model import Record
+from chargewatch.schema import SESSION_ROW_FIELDS
 from chargewatch.store import MessageQuery
 from chargewatch.store.documents import AssetObservation, merge_asset, observe_assets, record_document, record_id
 from chargewatch.store.es_templates import IndexNames
 
 MAX_ATTEMPTS = 5
 ASSET_PAGE = 1_000
-#: Session row column (models.features.ROW_COLUMNS) -> field of the session document; the same
-#: as models.features.SCHEMA_FIELDS (a test checks), kept here so stores need no pandas.
-SESSION_FIELDS: dict[str, str] = {
-    "charge_point_id": "ocpp.charge_point_id", "transaction_id": "ocpp.transaction_id",
-    "connector_id": "ocpp.connector_id", "version": "ocpp.version", "id_token": "ocpp.id_token",
-    "stop_reason": "ocpp.stop_reason", "remote_start": "ocpp.remote_start", "site": "chargewatch.site",
-    "start": "event.start", "end": "event.end",
-    **{name: f"chargewatch.session.{name}" for name in (
-        "energy_wh", "duration_s", "avg_power_w", "peak_power_w", "rated_power_w", "power_ratio", "idle_s",
-        "start_hour", "weekday", "meter_samples", "max_sample_gap_s", "register_drop_wh", "token_sessions_24h",
-        "token_charge_points_24h")},
-}
 _TIMES = frozenset({"start", "end"})
 #: Scoring keys of a session mapping -> field of the document.
 SCORE_FIELDS = {"score": "chargewatch.anomaly.score", "threshold": "chargewatch.anomaly.threshold",
@@ -64,7 +54,7 @@ def session_document(session: Mapping[str, Any]) -> dict[str, Any]:
     epoch seconds) with, when scored, ``score``, ``threshold``, ``model`` and ``top_features``
     (feature names)."""
     doc: dict[str, Any] = {}
-    for column, dotted in [*SESSION_FIELDS.items(), *SCORE_FIELDS.items()]:
+    for column, dotted in [*SESSION_ROW_FIELDS.items(), *SCORE_FIELDS.items()]:
         if column not in session or session[column] is None:
             continue
         value = session[column]
@@ -88,7 +78,7 @@ def session_document(session: Mapping[str, Any]) -> dict[str, Any]:
 def session_row(doc: Mapping[str, Any]) -> dict[str, Any]:
     """The row (and scoring keys) of a session document: the inverse of :func:`session_document`."""
     row: dict[str, Any] = {}
-    for column, dotted in [*SESSION_FIELDS.items(), *SCORE_FIELDS.items()]:
+    for column, dotted in [*SESSION_ROW_FIELDS.items(), *SCORE_FIELDS.items()]:
         value = _get(doc, dotted)
         if value is None:
             continue
@@ -135,21 +125,9 @@ def transactions(client: Any, names: IndexNames, charge_point_id: str | None, si
     window = {op: iso_time(ts) for op, ts in (("gte", since), ("lte", until)) if ts is not None}
     if window:
         filters.append({"range": {"@timestamp": window}})
-    out: list[dict[str, Any]] = []
-    after: list[Any] | None = None
-    while len(out) < limit:
-        size = min(limit - len(out), 5_000)
-        extra = {"search_after": after} if after is not None else {}
-        resp = client.search(index=names.transactions, query={"bool": {"filter": filters}}, size=size,
-                             sort=[{"@timestamp": "desc"}, {"ocpp.charge_point_id": "asc"},
-                                   {"ocpp.transaction_id": "asc"}],
-                             ignore_unavailable=True, allow_no_indices=True, **extra)
-        hits = resp["hits"]["hits"]
-        out += [hit["_source"] for hit in hits]
-        if len(hits) < size:
-            break
-        after = hits[-1]["sort"]
-    return out
+    sort = [{"@timestamp": "desc"}, {"ocpp.charge_point_id": "asc"}, {"ocpp.transaction_id": "asc"}]
+    return [doc for page in _pages(client, names.transactions, {"bool": {"filter": filters}}, sort, limit)
+            for doc in page]
 
 
 def put_records(client: Any, names: IndexNames, records: Sequence[Record], sites: dict[str, str] | None) -> int:
@@ -236,21 +214,10 @@ def messages(client: Any, names: IndexNames, query: MessageQuery) -> list[dict[s
     window = {op: iso_time(ts) for op, ts in (("gte", query.since), ("lte", query.until)) if ts is not None}
     if window:
         filters.append({"range": {"@timestamp": window}})
-    out: list[dict[str, Any]] = []
-    after: list[Any] | None = None
-    while len(out) < query.limit:
-        size = min(query.limit - len(out), 5_000)
-        extra = {"search_after": after} if after is not None else {}
-        resp = client.search(index=names.messages_pattern, query={"bool": {"filter": filters}}, size=size,
-                             sort=[{"@timestamp": "asc"}, {"event.sequence": {"order": "asc", "missing": "_first"}},
-                                   {"event.id": "asc"}],
-                             ignore_unavailable=True, allow_no_indices=True, **extra)
-        hits = resp["hits"]["hits"]
-        out += [hit["_source"] for hit in hits]
-        if len(hits) < size:
-            break
-        after = hits[-1]["sort"]
-    return out
+    sort: list[dict[str, Any]] = [{"@timestamp": "asc"}, {"event.sequence": {"order": "asc", "missing": "_first"}},
+                                  {"event.id": "asc"}]
+    return [doc for page in _pages(client, names.messages_pattern, {"bool": {"filter": filters}}, sort, query.limit)
+            for doc in page]
 
 
 def assets(client: Any, names: IndexNames, charge_point_id: str | None) -> list[dict[str, Any]]:
@@ -258,18 +225,27 @@ def assets(client: Any, names: IndexNames, charge_point_id: str | None) -> list[
     query: dict[str, Any] = {"term": {"ocpp.charge_point_id": charge_point_id}} if charge_point_id else {
         "match_all": {}}
     out: list[dict[str, Any]] = []
-    after: list[Any] | None = None
-    while True:
-        extra = {"search_after": after} if after is not None else {}
-        resp = client.search(index=names.assets, query=query, size=ASSET_PAGE,
-                             sort=[{"ocpp.charge_point_id": "asc"}], ignore_unavailable=True,
-                             allow_no_indices=True, **extra)
-        hits = resp["hits"]["hits"]
-        page = [hit["_source"] for hit in hits]
+    for page in _pages(client, names.assets, query, [{"ocpp.charge_point_id": "asc"}], sys.maxsize, ASSET_PAGE):
         _fill_alert_counts(client, names, page)
         out += page
-        if len(hits) < ASSET_PAGE:
-            return out
+    return out
+
+
+def _pages(client: Any, index: str, query: dict[str, Any], sort: list[dict[str, Any]], limit: int,
+           page: int = 5_000) -> Iterator[list[dict[str, Any]]]:
+    """The matching documents (their sources) in sort order, page by page (search_after), at
+    most limit in all; a missing index is no document."""
+    after: list[Any] | None = None
+    while limit > 0:
+        size = min(limit, page)
+        extra = {"search_after": after} if after is not None else {}
+        resp = client.search(index=index, query=query, size=size, sort=sort, ignore_unavailable=True,
+                             allow_no_indices=True, **extra)
+        hits = resp["hits"]["hits"]
+        yield [hit["_source"] for hit in hits]
+        limit -= len(hits)
+        if len(hits) < size:
+            return
         after = hits[-1]["sort"]
 
 
