@@ -74,7 +74,7 @@ bench:  ## full benchmarks: analyze vs tshark on a 120k-packet capture; detector
 
 # The whole suite: installs, starts the real services, runs everything, stops them.
 test: install-dev system-deps lint
-	@set -e; $(PYTHON) -m chargewatch.devstack up; \
+	@set -e; $(PYTHON) -m chargewatch.devstack up --fresh; \
 	status=0; (cd native && PATH="$(CARGO_PATH)" cargo test -q --release) || status=$$?; \
 	$(PYTHON) -m pytest -q || status=$$?; \
 	$(PYTHON) bench/bench_analyze.py --smoke || status=$$?; \

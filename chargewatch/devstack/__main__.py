@@ -2,8 +2,10 @@
 tests and a developer use, built from Maven Central artifacts, on 127.0.0.1 only.
 
 ``up`` is safe to call twice (running services are left alone) and waits until both are
-healthy; it prints where each listens and where its logs are. Downloads are cached (Maven's
-``~/.m2`` plus unpacked copies under ``<root>/cache``). The root is
+healthy (``--fresh``: a service it starts starts from empty data, as ``make test`` asks, so
+test topics and indices never pile up across runs); it prints where each listens and where
+its logs are. Downloads are cached (Maven's ``~/.m2`` plus unpacked copies under
+``<root>/cache``). The root is
 ``$CHARGEWATCH_DEVSTACK_DIR``, else ``/var/tmp/chargewatch-devstack`` for root (Elasticsearch
 runs as an unprivileged user who must be able to enter it) or ``~/.cache/chargewatch/devstack``.
 """
@@ -41,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Start/stop the local Kafka and Elasticsearch used by the tests.")
     parser.add_argument("action", choices=("up", "down", "status"))
     parser.add_argument("--only", choices=("kafka", "elasticsearch"), help="act on one service")
+    parser.add_argument("--fresh", action="store_true",
+                        help="up: a service that is not running starts from empty data (running ones are left alone)")
     args = parser.parse_args(argv)
     root = default_root()
     root.mkdir(parents=True, exist_ok=True)
@@ -51,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name, module in services.items():
             if args.action == "up":
-                _show(module.up(paths), name)
+                _show(module.up(paths, fresh=args.fresh), name)
             elif args.action == "down":
                 print(f"{name:<14} {'stopped' if module.down(paths) else 'was not running'}")
             else:

@@ -52,18 +52,21 @@ STOP_GRACE = 30.0
 LAUNCHER_GRACE = 10.0
 
 
-def up(paths: StackPaths, port: int = 19200) -> ServiceInfo:
+def up(paths: StackPaths, port: int = 19200, fresh: bool = False) -> ServiceInfo:
     """Start Elasticsearch on 127.0.0.1:port unless it already runs; wait until healthy.
 
-    Idempotent: a running, healthy instance is returned as is. Raises ServiceError (with
-    the tail of the log) when the port is taken by something else, or when the server
-    exits or is not healthy within START_TIMEOUT seconds.
+    Idempotent: a running, healthy instance is returned as is (fresh: one that is started
+    starts from an empty data directory). Raises ServiceError (with the tail of the log) when
+    the port is taken by something else, or when the server exits or is not healthy within
+    START_TIMEOUT seconds.
     """
     info = status(paths, port)
     if info is not None:
         return info
     svc = paths.service_dir(NAME)
     down(paths)
+    if fresh:
+        shutil.rmtree(svc / "data", ignore_errors=True)
     if port_open(HOST, port) or port_open(HOST, _transport_port(port)):
         msg = (f"cannot start Elasticsearch: port {port} or {_transport_port(port)} on {HOST} "
                f"is already used by another process")

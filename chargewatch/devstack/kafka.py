@@ -76,12 +76,12 @@ class _Layout:
 
 
 def up(paths: StackPaths, port: int = DEFAULT_PORT,
-       controller_port: int = DEFAULT_CONTROLLER_PORT) -> ServiceInfo:
+       controller_port: int = DEFAULT_CONTROLLER_PORT, fresh: bool = False) -> ServiceInfo:
     """Start the broker unless it already runs healthy; return where it listens.
 
-    Downloads the jars once, formats storage once, then waits (up to ``START_TIMEOUT``)
-    until the broker answers a Kafka metadata request. Raises ServiceError with the log
-    tail when it cannot start.
+    Downloads the jars once, formats storage once (fresh: starts from empty storage when it
+    is not running), then waits (up to ``START_TIMEOUT``) until the broker answers a Kafka
+    metadata request. Raises ServiceError with the log tail when it cannot start.
     """
     layout = _Layout(paths.service_dir(NAME))
     with _locked(layout):
@@ -89,6 +89,8 @@ def up(paths: StackPaths, port: int = DEFAULT_PORT,
         if info is not None:
             return info
         if read_pid(layout.pid_file) is None:
+            if fresh:
+                shutil.rmtree(layout.data, ignore_errors=True)
             _start(paths, layout, port, controller_port)
         _wait_healthy(layout, port)
         pid = read_pid(layout.pid_file)
