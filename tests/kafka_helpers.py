@@ -64,11 +64,19 @@ def indexed_alerts(config: Config) -> list[dict[str, Any]]:
 
 
 def group_members(bootstrap: str, group: str) -> int:
+    """Members of a stable consumer group; 0 while it is forming or while the broker cannot name
+    its coordinator yet (a retriable error: on a fresh broker, the first group request creates
+    the offsets topic). Callers poll it with a deadline."""
     from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         described = admin.describe_groups([group]).get(group, {})
-        return len(described.get("members", [])) if described.get("group_state") == "Stable" else 0
+    except KafkaError as exc:
+        if exc.retriable:
+            return 0
+        raise
     finally:
         admin.close()
+    return len(described.get("members", [])) if described.get("group_state") == "Stable" else 0

@@ -241,7 +241,9 @@ def _wait_healthy(layout: _Layout, port: int) -> None:
 
 
 def _healthy(port: int) -> bool:
-    """True when the port accepts and a Kafka metadata request lists at least one broker."""
+    """True when the port accepts, a Kafka metadata request lists at least one broker and the
+    broker names a group coordinator (on fresh storage the first group request creates the
+    offsets topic; until then consumer groups cannot form)."""
     if not port_open(HOST, port):
         return False
     from kafka import KafkaAdminClient
@@ -253,7 +255,10 @@ def _healthy(port: int) -> bool:
     except (KafkaError, OSError):
         return False
     try:
-        return bool(admin.describe_cluster().get("brokers"))
+        if not admin.describe_cluster().get("brokers"):
+            return False
+        admin.describe_groups(["chargewatch-devstack-probe"])
+        return True
     except (KafkaError, OSError):
         return False
     finally:
