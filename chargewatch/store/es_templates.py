@@ -99,41 +99,30 @@ class IndexNames:
 
 def messages_index_template(names: IndexNames) -> dict[str, Any]:
     """Template of the daily archive indices (one document per record, ``_id`` = its identity)."""
-    return {
-        "index_patterns": [names.messages_pattern],
-        "priority": ARCHIVE_PRIORITY,
-        "template": {
-            "settings": dict(SETTINGS),
-            "mappings": {"dynamic": "strict", "properties": bounded(mapping_properties(MESSAGE_FIELDS))},
-        },
-        "_meta": {"managed_by": "chargewatch", "document": "message"},
-    }
+    return _strict_template(names.messages_pattern, MESSAGE_FIELDS, "message")
 
 
 def assets_index_template(names: IndexNames) -> dict[str, Any]:
     """Template of the asset inventory (one document per charge point, ``_id`` = its id)."""
-    return {
-        "index_patterns": [names.assets],
-        "priority": ARCHIVE_PRIORITY,
-        "template": {
-            "settings": dict(SETTINGS),
-            "mappings": {"dynamic": "strict", "properties": bounded(mapping_properties(ASSET_FIELDS))},
-        },
-        "_meta": {"managed_by": "chargewatch", "document": "asset"},
-    }
+    return _strict_template(names.assets, ASSET_FIELDS, "asset")
 
 
 def transactions_index_template(names: IndexNames) -> dict[str, Any]:
     """Template of the transactions index (one document per charging session, ``_id`` from its
     charge point and transaction id)."""
+    return _strict_template(names.transactions, TRANSACTION_FIELDS, "transaction")
+
+
+def _strict_template(pattern: str, fields: dict[str, dict[str, Any]], document: str) -> dict[str, Any]:
+    """An archive-priority template whose strict mapping is the schema's fields."""
     return {
-        "index_patterns": [names.transactions],
+        "index_patterns": [pattern],
         "priority": ARCHIVE_PRIORITY,
         "template": {
             "settings": dict(SETTINGS),
-            "mappings": {"dynamic": "strict", "properties": bounded(mapping_properties(TRANSACTION_FIELDS))},
+            "mappings": {"dynamic": "strict", "properties": bounded(mapping_properties(fields))},
         },
-        "_meta": {"managed_by": "chargewatch", "document": "transaction"},
+        "_meta": {"managed_by": "chargewatch", "document": document},
     }
 
 
