@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -73,13 +73,13 @@ def _path(dotted: str) -> tuple[str, ...]:
     return (dotted,) if dotted == "@timestamp" else tuple(dotted.split("."))
 
 
-def get_field(doc: dict[str, Any], dotted: str) -> Any:
+def get_field(doc: Mapping[str, Any], dotted: str) -> Any:
     """The value of a dotted schema field in a nested document (None when absent)."""
     if dotted in doc:
         return doc[dotted]
     node: Any = doc
     for part in dotted.split("."):
-        if not isinstance(node, dict):
+        if not isinstance(node, Mapping):
             return None
         node = node.get(part)
     return node

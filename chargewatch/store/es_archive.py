@@ -33,7 +33,14 @@ from chargewatch.errors import StoreError
 from chargewatch.model import Record
 from chargewatch.schema import SESSION_ROW_FIELDS
 from chargewatch.store import MessageQuery
-from chargewatch.store.documents import AssetObservation, merge_asset, observe_assets, record_document, record_id
+from chargewatch.store.documents import (
+    AssetObservation,
+    get_field,
+    merge_asset,
+    observe_assets,
+    record_document,
+    record_id,
+)
 from chargewatch.store.es_templates import IndexNames
 
 MAX_ATTEMPTS = 5
@@ -79,7 +86,7 @@ def session_row(doc: Mapping[str, Any]) -> dict[str, Any]:
     """The row (and scoring keys) of a session document: the inverse of :func:`session_document`."""
     row: dict[str, Any] = {}
     for column, dotted in [*SESSION_ROW_FIELDS.items(), *SCORE_FIELDS.items()]:
-        value = _get(doc, dotted)
+        value = get_field(doc, dotted)
         if value is None:
             continue
         row[column] = _epoch(value) if column in _TIMES else int(value) if column == "remote_start" else value
@@ -95,15 +102,6 @@ def _set(doc: dict[str, Any], dotted: str, value: Any) -> None:
     for part in parents:
         doc = doc.setdefault(part, {})
     doc[leaf] = value
-
-
-def _get(doc: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = doc
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping):
-            return None
-        node = node.get(part)
-    return node
 
 
 def put_sessions(client: Any, names: IndexNames, sessions: Sequence[Mapping[str, Any]]) -> int:
