@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,6 +17,8 @@ from chargewatch.config import KafkaConfig
 from chargewatch.errors import ServiceError
 from chargewatch.model import KeyFn, Record, record_key
 from collectors.stats import DeadLetter
+
+LOG = logging.getLogger(__name__)
 
 
 def encode(value: dict[str, Any]) -> bytes:
@@ -37,14 +41,34 @@ def ensure_topics(cfg: KafkaConfig, topics: Iterable[str]) -> None:
         admin = KafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, client_id=f"{cfg.client_id}-admin")
     except KafkaError as exc:
         raise ServiceError(f"Kafka at {cfg.bootstrap_servers} unreachable: {exc}") from exc
+    topics = list(topics)
     try:
         existing = set(admin.list_topics())
         wanted = [NewTopic(t, cfg.partitions, cfg.replication_factor) for t in topics if t not in existing]
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(wanted)
+            _await_leaders(admin, topics)
     finally:
         admin.close()
+
+
+#: How long ensure_topics waits for new topics' partitions to have leaders.
+TOPIC_READY_S = 15.0
+
+
+def _await_leaders(admin: Any, topics: list[str]) -> None:
+    """Wait (bounded) until every partition of topics has a leader: a consumer group that forms
+    before that is assigned nothing and would idle until its next metadata refresh."""
+    deadline = time.monotonic() + TOPIC_READY_S
+    while time.monotonic() < deadline:
+        described = admin.describe_topics(topics)
+        if len(described) == len(topics) and all(
+                t["error_code"] == 0 and t["partitions"] and all(p["leader_id"] >= 0 for p in t["partitions"])
+                for t in described):
+            return
+        time.sleep(0.1)
+    LOG.warning("topics %s: partitions still without leaders after %.0f s", ", ".join(topics), TOPIC_READY_S)
 
 
 def make_producer(cfg: KafkaConfig) -> Any:
